@@ -1,0 +1,250 @@
+"""Fd ownership and readiness: the only place aipc closes or waits on a descriptor.
+
+An :class:`FdHandle` owns exactly one descriptor. Closing it follows the order
+that makes a concurrent waiter safe and a recycled fd number harmless:
+
+1. *forget the number*: every later use raises ``ClosedResourceError`` instead
+   of touching whatever object the kernel gives that number to next;
+2. *notify*: tasks blocked in :meth:`FdHandle.wait_readable` /
+   :meth:`FdHandle.wait_writable` (and anyio's own waiters on the fd) wake with
+   ``ClosedResourceError``; the event loop drops its registration while the fd
+   is still valid, so epoll never sees a closed number;
+3. ``os.close``.
+
+Readiness on asyncio and uvloop uses a *persistent* registration: the reader
+callback stays installed while the fd is in use and is removed lazily, the
+first time it fires with nobody waiting (the loops' selectors are
+level-triggered, so leaving it installed then would spin). anyio's generic
+``wait_readable`` installs and removes the callback on every wait, which costs
+two ``epoll_ctl`` calls and, on uvloop, a poll handle allocation per message;
+``aipc bench`` shows the difference (``AIPC_GENERIC_WAIT=1`` switches back).
+On trio the backend's own wait is used: trio already keeps epoll registrations
+between waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+import warnings
+from typing import Any
+
+import anyio
+import sniffio
+
+__all__ = ["FdHandle", "reopen_private_nonblocking"]
+
+_GENERIC_WAIT = os.environ.get("AIPC_GENERIC_WAIT", "") not in ("", "0")
+
+
+class _Watcher:
+    """A persistent asyncio/uvloop reader or writer registration for one fd."""
+
+    __slots__ = ("fd", "loop", "readable", "registered", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, readable: bool):
+        self.loop = loop
+        self.fd = fd
+        self.readable = readable
+        self.registered = False
+        self.waiter: asyncio.Future[bool] | None = None
+
+    def _fire(self) -> None:
+        waiter = self.waiter
+        if waiter is None:
+            # Ready with nobody waiting: unregister now, or the level-triggered
+            # selector would call us on every loop iteration until someone reads.
+            self.unregister()
+            return
+        self.waiter = None
+        if not waiter.done():
+            waiter.set_result(True)
+
+    def unregister(self) -> None:
+        if self.registered:
+            self.registered = False
+            if self.readable:
+                self.loop.remove_reader(self.fd)
+            else:
+                self.loop.remove_writer(self.fd)
+
+    async def wait(self) -> None:
+        if self.waiter is not None:
+            raise anyio.BusyResourceError("reading from" if self.readable else "writing to")
+        waiter = self.loop.create_future()
+        self.waiter = waiter
+        if not self.registered:
+            if self.readable:
+                self.loop.add_reader(self.fd, self._fire)
+            else:
+                self.loop.add_writer(self.fd, self._fire)
+            self.registered = True
+        try:
+            ok = await waiter
+        finally:
+            if self.waiter is waiter:
+                self.waiter = None
+        if not ok:
+            raise anyio.ClosedResourceError
+
+    def close(self) -> None:
+        """Wake the waiter with ClosedResourceError and drop the registration."""
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(False)
+        self.unregister()
+
+
+class FdHandle:
+    """Owns one descriptor: ``fileno()``, safe idempotent ``close()``, readiness.
+
+    The descriptor must already be close-on-exec and, for readiness waits,
+    non-blocking. ``what`` names the resource in messages ("pipe", "eventfd").
+    """
+
+    __slots__ = ("__weakref__", "_fd", "_rwatch", "_wwatch", "what")
+
+    def __init__(self, fd: int, what: str) -> None:
+        if not isinstance(fd, int) or isinstance(fd, bool):
+            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+        if fd < 0:
+            raise ValueError(f"fd must be >= 0, got {fd}")
+        self._fd = fd
+        self.what = what
+        self._rwatch: _Watcher | None = None
+        self._wwatch: _Watcher | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    @property
+    def fd(self) -> int:
+        """The descriptor, or -1 once closed (never raises; for fast paths)."""
+        return self._fd
+
+    def fileno(self) -> int:
+        fd = self._fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        return fd
+
+    def close(self) -> None:
+        fd = self._fd
+        if fd < 0:
+            return
+        # 1. forget the number: nothing in aipc can use it from here on
+        self._fd = -1
+        # 2. wake our waiters and anyio's, and drop loop registrations while the
+        #    number still names this file
+        for watcher in (self._rwatch, self._wwatch):
+            if watcher is not None:
+                try:
+                    watcher.close()
+                except RuntimeError:
+                    pass  # the loop is closed already: nothing is registered there
+        self._rwatch = self._wwatch = None
+        try:
+            anyio.notify_closing(fd)
+        except (RuntimeError, sniffio.AsyncLibraryNotFoundError):
+            pass  # no event loop running: nobody can be waiting on it
+        # 3. close
+        os.close(fd)
+
+    def detach(self) -> int:
+        """Give up ownership: return the fd, which this handle will not close."""
+        fd = self.fileno()
+        for watcher in (self._rwatch, self._wwatch):
+            if watcher is not None:
+                watcher.close()
+        self._rwatch = self._wwatch = None
+        self._fd = -1
+        return fd
+
+    async def wait_readable(self) -> None:
+        """Wait until the fd is readable; ``ClosedResourceError`` if closed meanwhile."""
+        fd = self._fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        if _GENERIC_WAIT or sniffio.current_async_library() != "asyncio":
+            await anyio.wait_readable(fd)
+            return
+        watcher = self._rwatch
+        loop = asyncio.get_running_loop()
+        if watcher is None or watcher.loop is not loop:
+            watcher = self._rwatch = _Watcher(loop, fd, True)
+        await watcher.wait()
+
+    async def wait_writable(self) -> None:
+        """Wait until the fd is writable; ``ClosedResourceError`` if closed meanwhile."""
+        fd = self._fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        if _GENERIC_WAIT or sniffio.current_async_library() != "asyncio":
+            await anyio.wait_writable(fd)
+            return
+        watcher = self._wwatch
+        loop = asyncio.get_running_loop()
+        if watcher is None or watcher.loop is not loop:
+            watcher = self._wwatch = _Watcher(loop, fd, False)
+        await watcher.wait()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        return f"<FdHandle {self.what} {state}>"
+
+    def __del__(self, _warn: Any = warnings.warn, _close: Any = os.close) -> None:
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0:
+            self._fd = -1
+            if not sys.is_finalizing():
+                _warn(
+                    f"unclosed {self.what} fd={fd}; close it or use 'async with'",
+                    ResourceWarning,
+                    stacklevel=2,
+                    source=self,
+                )
+            try:
+                _close(fd)
+            except OSError:
+                pass
+
+
+def reopen_private_nonblocking(fd: int, what: str) -> int:
+    """Return a non-blocking, close-on-exec fd on the file behind ``fd``.
+
+    O_NONBLOCK lives in the open file description, which other processes may
+    share (an inherited pipe, stdin). If ``fd`` is already non-blocking it is
+    returned as is (nothing is flipped). Otherwise the file is reopened through
+    ``/proc/self/fd/N`` to get a *private* description, and the new fd is
+    returned; the caller then closes ``fd``. Files that cannot be reopened that
+    way (anonymous inodes such as eventfds, sockets) raise ``ValueError``.
+    """
+    import fcntl
+
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if flags & os.O_NONBLOCK:
+        os.set_inheritable(fd, False)
+        return fd
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISFIFO(mode):
+        raise ValueError(
+            f"fd {fd} ({what}) is in blocking mode, and its open file description "
+            "may be shared with other processes; aipc will not switch it to "
+            "non-blocking for them, and this kind of file cannot be reopened "
+            "privately through /proc/self/fd. Pass an fd created non-blocking "
+            "(every aipc object is)."
+        )
+    try:
+        return os.open(
+            f"/proc/self/fd/{fd}",
+            (flags & os.O_ACCMODE) | os.O_NONBLOCK | os.O_CLOEXEC,
+        )
+    except OSError as exc:
+        raise ValueError(
+            f"fd {fd} ({what}) is in blocking mode and could not be reopened "
+            f"privately through /proc/self/fd/{fd} ({exc.strerror}); aipc will not "
+            "switch a possibly shared description to non-blocking"
+        ) from exc

@@ -1,0 +1,283 @@
+"""Byte streams over a non-blocking pipe-like descriptor (pipes, FIFOs).
+
+The fast path is the syscall itself: ``os.read`` / ``os.write`` are tried first
+and the task waits for readiness only on ``EAGAIN``. Every operation is still a
+checkpoint, as trio and anyio require: a send checkpoints *before* writing (so a
+cancelled send wrote nothing), a receive that did not have to wait checkpoints
+*after* reading and, if cancelled there, keeps the bytes for the next receive
+(so a cancelled receive lost nothing).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ByteReceiveStream, ByteSendStream
+from anyio.lowlevel import checkpoint
+
+from ._errors import translate_os_error
+from ._fd import FdHandle
+
+__all__ = ["FdReceiveStream", "FdSendStream", "StreamStatistics"]
+
+DEFAULT_RECEIVE_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class StreamStatistics:
+    """Counters of one stream end (cheap to take: no syscall).
+
+    Attributes:
+        bytes: bytes received or sent so far.
+        operations: successful ``receive`` / ``send`` calls.
+        syscalls: read or write syscalls that moved data.
+        waits: times the stream had to wait for readiness (EAGAIN).
+    """
+
+    bytes: int
+    operations: int
+    syscalls: int
+    waits: int
+
+
+def _check_max_bytes(max_bytes: int) -> int:
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
+        raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+    return max_bytes
+
+
+def _sigpipe_would_kill() -> bool:
+    # CPython ignores SIGPIPE at start-up, so a write to a pipe without readers
+    # fails with EPIPE. An embedding application (or code that restored SIG_DFL)
+    # may have changed that; then the write must run with SIGPIPE blocked.
+    try:
+        return signal.getsignal(signal.SIGPIPE) != signal.SIG_IGN
+    except ValueError:
+        return True
+
+
+def _write_blocking_sigpipe(fd: int, data: memoryview) -> int:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+    try:
+        return os.write(fd, data)
+    except BrokenPipeError:
+        # The kernel queued a SIGPIPE for this thread: consume it before the
+        # mask comes back, unless one was already pending before we blocked it.
+        if signal.SIGPIPE not in old:
+            signal.sigtimedwait({signal.SIGPIPE}, 0)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class FdReceiveStream(ByteReceiveStream):
+    """Receiving end over a non-blocking fd; subclasses add the public surface."""
+
+    _handle: FdHandle
+
+    def __init__(self, handle: FdHandle) -> None:
+        self._handle = handle
+        self._receiving = False
+        self._pending = b""
+        self._eof = False
+        self._bytes = self._ops = self._syscalls = self._waits = 0
+
+    def fileno(self) -> int:
+        """The descriptor (owned by this stream; do not close it)."""
+        return self._handle.fileno()
+
+    @property
+    def closed(self) -> bool:
+        """Whether this end has been closed."""
+        return self._handle.closed
+
+    def statistics(self) -> StreamStatistics:
+        """Byte, call, syscall and wait counters of this end."""
+        return StreamStatistics(self._bytes, self._ops, self._syscalls, self._waits)
+
+    def _at_eof(self) -> bool:
+        """Called when read() returned b"": is this really the end of the stream?"""
+        return True
+
+    async def receive(self, max_bytes: int = DEFAULT_RECEIVE_SIZE) -> bytes:
+        """Receive at most ``max_bytes`` bytes, waiting until at least one arrives.
+
+        Raises:
+            EndOfStream: every writer has closed its end and all data was read.
+            ClosedResourceError: this end was closed (also wakes a waiting task).
+            BusyResourceError: another task is already receiving on this end.
+
+        **Cancellation:** nothing is lost. Bytes read from the kernel in the same
+        call are kept and returned by the next ``receive``.
+        """
+        _check_max_bytes(max_bytes)
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        self._receiving = True
+        try:
+            if self._pending:
+                await checkpoint()
+                data, self._pending = (
+                    self._pending[:max_bytes],
+                    self._pending[max_bytes:],
+                )
+                self._bytes += len(data)
+                self._ops += 1
+                return data
+            handle = self._handle
+            waited = False
+            while True:
+                fd = handle.fd
+                if fd < 0:
+                    if not waited:
+                        await checkpoint()
+                    raise anyio.ClosedResourceError
+                try:
+                    data = os.read(fd, max_bytes)
+                except BlockingIOError:
+                    self._waits += 1
+                    waited = True
+                    await handle.wait_readable()
+                    continue
+                except OSError as exc:
+                    raise translate_os_error(
+                        exc, closed=handle.closed, what=handle.what
+                    ) from exc
+                if data or self._at_eof():
+                    break
+                # not the end yet (a FIFO that has not had a writer): wait
+                self._waits += 1
+                waited = True
+                await handle.wait_readable()
+            if not waited:
+                try:
+                    await checkpoint()
+                except BaseException:
+                    self._pending = data
+                    raise
+            if not data:
+                self._eof = True
+                raise anyio.EndOfStream
+            self._bytes += len(data)
+            self._ops += 1
+            self._syscalls += 1
+            return data
+        finally:
+            self._receiving = False
+
+    async def aclose(self) -> None:
+        """Close this end (idempotent). Closes the fd even when cancelled."""
+        self._handle.close()
+        await checkpoint()
+
+    def close(self) -> None:
+        """Close this end synchronously (idempotent)."""
+        self._handle.close()
+
+
+class FdSendStream(ByteSendStream):
+    """Sending end over a non-blocking fd; subclasses add the public surface."""
+
+    _handle: FdHandle
+
+    def __init__(self, handle: FdHandle) -> None:
+        self._handle = handle
+        self._sending = False
+        self._broken = False
+        self._bytes = self._ops = self._syscalls = self._waits = 0
+
+    def fileno(self) -> int:
+        """The descriptor (owned by this stream; do not close it)."""
+        return self._handle.fileno()
+
+    @property
+    def closed(self) -> bool:
+        """Whether this end has been closed."""
+        return self._handle.closed
+
+    def statistics(self) -> StreamStatistics:
+        """Byte, call, syscall and wait counters of this end."""
+        return StreamStatistics(self._bytes, self._ops, self._syscalls, self._waits)
+
+    async def send(self, item: bytes | bytearray | memoryview) -> None:
+        """Send all of ``item``, waiting while the kernel buffer is full.
+
+        Raises:
+            BrokenResourceError: every reader has closed its end (never SIGPIPE).
+            ClosedResourceError: this end was closed (also wakes a waiting task).
+            BusyResourceError: another task is already sending on this end.
+
+        **Cancellation:** a send cancelled before it returns wrote nothing if
+        ``item`` fits in the kernel buffer at once; writes of at most PIPE_BUF
+        (4096) bytes are atomic and are never split. A larger send cancelled while
+        waiting for the reader may have written a prefix of ``item``;
+        ``statistics().bytes`` counts exactly what was written.
+        """
+        if self._sending:
+            raise anyio.BusyResourceError("sending to")
+        self._sending = True
+        try:
+            await checkpoint()
+            handle = self._handle
+            if handle.fd < 0:
+                raise anyio.ClosedResourceError
+            if self._broken:
+                raise anyio.BrokenResourceError(f"the other end of the {handle.what} is gone")
+            view = memoryview(item).cast("B")
+            if not view:
+                return
+            guard = _sigpipe_would_kill()
+            while True:
+                fd = handle.fd
+                if fd < 0:
+                    raise anyio.ClosedResourceError
+                try:
+                    if guard:
+                        n = _write_blocking_sigpipe(fd, view)
+                    else:
+                        n = os.write(fd, view)
+                except BlockingIOError:
+                    self._waits += 1
+                    await handle.wait_writable()
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.EPIPE:
+                        self._broken = True
+                    raise translate_os_error(
+                        exc, closed=handle.closed, what=handle.what
+                    ) from exc
+                self._bytes += n
+                self._syscalls += 1
+                if n == len(view):
+                    break
+                view = view[n:]
+            self._ops += 1
+        finally:
+            self._sending = False
+
+    async def wait_writable(self) -> None:
+        """Wait until a ``send`` can make progress without waiting.
+
+        Raises ``ClosedResourceError`` if this end is or gets closed.
+        **Cancellation:** nothing to undo.
+        """
+        handle = self._handle
+        if handle.fd < 0:
+            await checkpoint()
+            raise anyio.ClosedResourceError
+        await handle.wait_writable()
+
+    async def aclose(self) -> None:
+        """Close this end (idempotent). Closes the fd even when cancelled."""
+        self._handle.close()
+        await checkpoint()
+
+    def close(self) -> None:
+        """Close this end synchronously (idempotent)."""
+        self._handle.close()

@@ -1,0 +1,312 @@
+"""FIFOs (named pipes) as anyio byte streams (Linux only).
+
+A FIFO has two lifetimes: the *node* on the filesystem (created by
+:func:`create_fifo`, removed only by :meth:`Fifo.unlink`) and the *streams*
+opened on it (closed by ``aclose()``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import stat
+from anyio.lowlevel import checkpoint
+
+from ._core import _registry
+from ._core._bridge import open_interruptible
+from ._core._errors import AipcError
+from ._core._fd import FdHandle
+from ._pipes import PipeReceiveStream, PipeSendStream
+
+__all__ = [
+    "Fifo",
+    "FifoReceiveStream",
+    "FifoSendStream",
+    "NotAFifoError",
+    "create_fifo",
+    "open_fifo_receiver",
+    "open_fifo_sender",
+]
+
+_KINDS = {
+    stat.S_IFREG: "a regular file",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+class NotAFifoError(AipcError, ValueError):
+    """The path exists but is not a FIFO. Attributes: ``path``, ``kind``."""
+
+    def __init__(self, path: str, mode: int) -> None:
+        self.path = path
+        self.kind = _KINDS.get(stat.S_IFMT(mode), "not a FIFO")
+        super().__init__(f"{path!r} exists and is {self.kind}, not a FIFO")
+
+
+def _fspath(path: str | os.PathLike[str]) -> str:
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        raise TypeError(f"path must be a str or os.PathLike[str], not {type(p).__name__}")
+    if not p:
+        raise ValueError("path must not be empty")
+    return p
+
+
+def _check_fifo(path: str) -> None:
+    st = os.stat(path)  # FileNotFoundError names the path
+    if not stat.S_ISFIFO(st.st_mode):
+        raise NotAFifoError(path, st.st_mode)
+
+
+def _verify_opened(fd: int, path: str) -> None:
+    # the path may have been replaced between the stat and the open
+    st = os.fstat(fd)
+    if not stat.S_ISFIFO(st.st_mode):
+        os.close(fd)
+        raise NotAFifoError(path, st.st_mode)
+
+
+def _set_nonblocking(fd: int) -> None:
+    # only for descriptions aipc opened itself
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+class Fifo:
+    """A FIFO node on the filesystem, as returned by :func:`create_fifo`.
+
+    ``owned`` is True when this process created it; only then does
+    :meth:`unlink` remove it. Opening streams on it does not need this object:
+    any process can call :func:`open_fifo_receiver` / :func:`open_fifo_sender`
+    with the path.
+    """
+
+    def __init__(self, path: str, dev: int, inode: int, owned: bool) -> None:
+        self.path = path
+        self.owned = owned
+        self._identity = (dev, inode)
+
+    async def open_receiver(
+        self, *, wait_for_writer: bool = False, keep_open: bool = False
+    ) -> FifoReceiveStream:
+        """Same as :func:`open_fifo_receiver` on this path."""
+        return await open_fifo_receiver(
+            self.path, wait_for_writer=wait_for_writer, keep_open=keep_open
+        )
+
+    async def open_sender(self) -> FifoSendStream:
+        """Same as :func:`open_fifo_sender` on this path."""
+        return await open_fifo_sender(self.path)
+
+    def unlink(self) -> bool:
+        """Remove the node if this process created it and it is still that node.
+
+        Returns True if it was removed. A FIFO created by another process, or a
+        new file that has since taken the path, is never removed. Streams
+        already open keep working.
+        """
+        if not self.owned:
+            return False
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            _registry.unregister("fifo", self.path)
+            self.owned = False
+            return False
+        removed = False
+        if (st.st_dev, st.st_ino) == self._identity:
+            os.unlink(self.path)
+            removed = True
+        _registry.unregister("fifo", self.path)
+        self.owned = False
+        return removed
+
+    def __repr__(self) -> str:
+        return f"<Fifo {self.path!r} {'owned' if self.owned else 'attached'}>"
+
+
+def create_fifo(
+    path: str | os.PathLike[str], *, mode: int = 0o600, exist_ok: bool = False
+) -> Fifo:
+    """Create a FIFO at ``path`` (mode 0600 by default, exactly, whatever the umask).
+
+    With ``exist_ok=True`` an existing FIFO is attached to instead (and not owned,
+    so never unlinked by this process).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``exist_ok`` is False.
+        NotAFifoError: ``path`` exists and is not a FIFO.
+        ValueError: ``mode`` has bits outside 0o777.
+    """
+    p = _fspath(path)
+    if not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be a permission mask within 0o777, got {mode!r}")
+    try:
+        os.mkfifo(p, 0o600 & mode)
+    except FileExistsError:
+        st = os.lstat(p)
+        if not stat.S_ISFIFO(st.st_mode):
+            raise NotAFifoError(p, st.st_mode) from None
+        if not exist_ok:
+            raise
+        return Fifo(os.path.abspath(p), st.st_dev, st.st_ino, owned=False)
+    try:
+        # mkfifo applies the umask; set the exact mode asked for
+        os.chmod(p, mode)
+        st = os.lstat(p)
+        _registry.register("fifo", os.path.abspath(p), st.st_dev, st.st_ino)
+    except BaseException:
+        os.unlink(p)
+        raise
+    return Fifo(os.path.abspath(p), st.st_dev, st.st_ino, owned=True)
+
+
+class FifoReceiveStream(PipeReceiveStream):
+    """The read end of a FIFO, as an anyio :class:`~anyio.abc.ByteReceiveStream`.
+
+    ``receive()`` waits for a first writer if none has connected yet, and raises
+    ``EndOfStream`` once the writers that connected have all closed, unless the
+    stream was opened with ``keep_open=True``: then it keeps reading across
+    successive writers and never reaches end of stream.
+    """
+
+    _what = "fifo"
+
+    def __init__(self, handle: FdHandle, path: str = "", keeper: FdHandle | None = None):
+        super().__init__(handle)
+        self.path = path
+        self._keeper = keeper
+
+    @property
+    def keep_open(self) -> bool:
+        """Whether this reader keeps reading across successive writers."""
+        return self._keeper is not None
+
+    def _at_eof(self) -> bool:
+        # read() returns 0 both before the first writer and after the last one
+        # left; poll tells them apart: Linux reports POLLHUP to a reader only once
+        # a writer has connected (and gone) since this reader opened.
+        fd = self._handle.fd
+        if fd < 0:
+            return True
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        events = p.poll(0)
+        return bool(events and events[0][1] & select.POLLHUP)
+
+    async def aclose(self) -> None:
+        """Close this end (idempotent), even when cancelled. The node stays."""
+        if self._keeper is not None:
+            self._keeper.close()
+        await super().aclose()
+
+    def close(self) -> None:
+        """Close this end synchronously (idempotent). The node stays."""
+        if self._keeper is not None:
+            self._keeper.close()
+        super().close()
+
+    def __repr__(self) -> str:
+        fd = self._handle.fd
+        state = "closed" if fd < 0 else f"fd={fd}"
+        return f"<FifoReceiveStream {self.path!r} {state} received={self._bytes}B>"
+
+
+class FifoSendStream(PipeSendStream):
+    """The write end of a FIFO, as an anyio :class:`~anyio.abc.ByteSendStream`.
+
+    Sends of at most PIPE_BUF (4096) bytes are atomic, also between several
+    writers. ``BrokenResourceError`` once every reader has gone.
+    """
+
+    _what = "fifo"
+
+    def __init__(self, handle: FdHandle, path: str = "") -> None:
+        super().__init__(handle)
+        self.path = path
+
+    def __repr__(self) -> str:
+        fd = self._handle.fd
+        state = "closed" if fd < 0 else f"fd={fd}"
+        return f"<FifoSendStream {self.path!r} {state} sent={self._bytes}B>"
+
+
+async def open_fifo_receiver(
+    path: str | os.PathLike[str],
+    *,
+    wait_for_writer: bool = False,
+    keep_open: bool = False,
+) -> FifoReceiveStream:
+    """Open the FIFO at ``path`` for reading.
+
+    By default this returns at once and the first ``receive()`` waits for a
+    writer. ``wait_for_writer=True`` waits here until a writer has opened the
+    FIFO. ``keep_open=True`` keeps reading across successive writers (the
+    stream holds a write end of its own, so it never sees end of stream).
+
+    Raises ``FileNotFoundError`` and :class:`NotAFifoError`.
+
+    **Cancellation:** nothing stays open. A cancelled ``wait_for_writer`` is
+    interrupted by opening the FIFO's write side for an instant, which a writer
+    process blocked in its own open may notice as a reader that came and went.
+    """
+    p = _fspath(path)
+    _check_fifo(p)
+    if wait_for_writer:
+        fd = await open_interruptible(
+            p,
+            os.O_RDONLY | os.O_CLOEXEC,
+            lambda: os.open(p, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC),
+        )
+        _verify_opened(fd, p)
+        _set_nonblocking(fd)
+    else:
+        await checkpoint()
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        _verify_opened(fd, p)
+    keeper = None
+    if keep_open:
+        try:
+            # we are a reader, so a non-blocking write open cannot fail with ENXIO
+            keeper = FdHandle(
+                os.open(p, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC), "fifo"
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+    return FifoReceiveStream(FdHandle(fd, "fifo"), p, keeper)
+
+
+async def open_fifo_sender(path: str | os.PathLike[str]) -> FifoSendStream:
+    """Open the FIFO at ``path`` for writing, waiting until a reader has it open.
+
+    (A plain non-blocking open fails with ENXIO when there is no reader; this
+    waits instead, without polling.)
+
+    Raises ``FileNotFoundError`` and :class:`NotAFifoError`.
+
+    **Cancellation:** nothing stays open; see :func:`open_fifo_receiver`.
+    """
+    p = _fspath(path)
+    _check_fifo(p)
+    await checkpoint()
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        fd = await open_interruptible(
+            p,
+            os.O_WRONLY | os.O_CLOEXEC,
+            lambda: os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC),
+        )
+        _verify_opened(fd, p)
+        _set_nonblocking(fd)
+    else:
+        _verify_opened(fd, p)
+    return FifoSendStream(FdHandle(fd, "fifo"), p)

@@ -1,0 +1,48 @@
+"""Helpers shared by the tests: child processes that speak through aipc objects."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import anyio
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@asynccontextmanager
+async def child_process(
+    code: str, *, pass_fds: Sequence[int] = (), args: Sequence[str] = ()
+) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream]]:
+    """Run ``code`` in ``sys.executable -c``; yield it and its buffered stdout.
+
+    The child is killed and reaped on exit, whatever happens in the body.
+    """
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    proc = await anyio.open_process(
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(code), *args],
+        pass_fds=pass_fds,
+        env=env,
+        stdin=None,
+        stderr=None,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc, BufferedByteReceiveStream(proc.stdout)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            await proc.aclose()
+
+
+async def read_line(stdout: BufferedByteReceiveStream, timeout: float = 10) -> bytes:
+    """The child's next stdout line (a handshake), within ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        return await stdout.receive_until(b"\n", 65536)
