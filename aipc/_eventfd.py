@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-
 from typing import Self
 
 from anyio.abc import AsyncResource
 
 from ._core._fd import reopen_private_nonblocking
-from ._core._notifier import EVENTFD_MAX, Notifier, NotifierStatistics, _fdinfo_semaphore, _is_eventfd
+from ._core._notifier import (
+    EVENTFD_MAX,
+    Notifier,
+    NotifierStatistics,
+    _fdinfo_semaphore,
+    _is_eventfd,
+)
 
 __all__ = ["EVENTFD_MAX", "EventFd", "EventFdStatistics"]
 
@@ -55,5 +60,3 @@ class EventFd(Notifier, AsyncResource):
             )
         reopen_private_nonblocking(fd, "eventfd")
         return cls(semaphore=semaphore, _fd=fd)
-
-

@@ -12,6 +12,8 @@ import fcntl
 import os
 import select
 import stat
+
+from anyio.abc import AsyncResource
 from anyio.lowlevel import checkpoint
 
 from ._core import _registry
@@ -52,7 +54,9 @@ class NotAFifoError(AipcError, ValueError):
 def _fspath(path: str | os.PathLike[str]) -> str:
     p = os.fspath(path)
     if not isinstance(p, str):
-        raise TypeError(f"path must be a str or os.PathLike[str], not {type(p).__name__}")
+        raise TypeError(
+            f"path must be a str or os.PathLike[str], not {type(p).__name__}"
+        )
     if not p:
         raise ValueError("path must not be empty")
     return p
@@ -77,19 +81,29 @@ def _set_nonblocking(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
 
 
-class Fifo:
+class Fifo(AsyncResource):
     """A FIFO node on the filesystem, as returned by :func:`create_fifo`.
 
     ``owned`` is True when this process created it; only then does
-    :meth:`unlink` remove it. Opening streams on it does not need this object:
-    any process can call :func:`open_fifo_receiver` / :func:`open_fifo_sender`
-    with the path.
+    :meth:`unlink` remove it. While an owned ``Fifo`` is open it holds an
+    ``O_PATH`` reference to the node, so the node's inode number cannot be
+    reused and :meth:`unlink` can tell our node from a newer file under the same
+    name. ``close()`` / ``aclose()`` drop that reference and, with
+    ``unlink_on_close=True``, remove the node first. Streams need no ``Fifo``:
+    any process can call :func:`open_fifo_receiver` / :func:`open_fifo_sender`.
     """
 
-    def __init__(self, path: str, dev: int, inode: int, owned: bool) -> None:
+    def __init__(
+        self, path: str, node: FdHandle | None, *, unlink_on_close: bool = False
+    ) -> None:
         self.path = path
-        self.owned = owned
-        self._identity = (dev, inode)
+        self.unlink_on_close = unlink_on_close
+        self._node = node
+
+    @property
+    def owned(self) -> bool:
+        """Whether this process created the node and has not removed it."""
+        return self._node is not None and not self._node.closed
 
     async def open_receiver(
         self, *, wait_for_writer: bool = False, keep_open: bool = False
@@ -108,42 +122,66 @@ class Fifo:
 
         Returns True if it was removed. A FIFO created by another process, or a
         new file that has since taken the path, is never removed. Streams
-        already open keep working.
+        already open keep working. Also closes this object.
         """
-        if not self.owned:
-            return False
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            _registry.unregister("fifo", self.path)
-            self.owned = False
+        node = self._node
+        if node is None or node.closed:
             return False
         removed = False
-        if (st.st_dev, st.st_ino) == self._identity:
-            os.unlink(self.path)
-            removed = True
+        try:
+            ours = os.fstat(node.fileno())
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
+                os.unlink(self.path)
+                removed = True
         _registry.unregister("fifo", self.path)
-        self.owned = False
+        node.close()
         return removed
+
+    def close(self) -> None:
+        """Drop the reference to the node (idempotent); unlink first if
+        ``unlink_on_close``. The node itself stays unless unlinked."""
+        if self.unlink_on_close:
+            self.unlink()
+        if self._node is not None:
+            self._node.close()
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`."""
+        self.close()
+        await checkpoint()
 
     def __repr__(self) -> str:
         return f"<Fifo {self.path!r} {'owned' if self.owned else 'attached'}>"
 
 
 def create_fifo(
-    path: str | os.PathLike[str], *, mode: int = 0o600, exist_ok: bool = False
+    path: str | os.PathLike[str],
+    *,
+    mode: int = 0o600,
+    exist_ok: bool = False,
+    unlink_on_close: bool = False,
 ) -> Fifo:
     """Create a FIFO at ``path`` (mode 0600 by default, exactly, whatever the umask).
 
-    With ``exist_ok=True`` an existing FIFO is attached to instead (and not owned,
-    so never unlinked by this process).
+    Returns an owned :class:`Fifo`; close it (or use ``async with``) when done.
+    The node is removed only by :meth:`Fifo.unlink` or, with
+    ``unlink_on_close=True``, when the ``Fifo`` is closed. The creation is
+    recorded in aipc's registry so that ``aipc clean`` can remove the node if
+    this process dies without unlinking it.
+
+    With ``exist_ok=True`` an existing FIFO is attached to instead: the returned
+    ``Fifo`` is not owned and never unlinks anything.
 
     Raises:
         FileExistsError: ``path`` exists and ``exist_ok`` is False.
         NotAFifoError: ``path`` exists and is not a FIFO.
         ValueError: ``mode`` has bits outside 0o777.
     """
-    p = _fspath(path)
+    p = os.path.abspath(_fspath(path))
     if not isinstance(mode, int) or not 0 <= mode <= 0o777:
         raise ValueError(f"mode must be a permission mask within 0o777, got {mode!r}")
     try:
@@ -154,16 +192,22 @@ def create_fifo(
             raise NotAFifoError(p, st.st_mode) from None
         if not exist_ok:
             raise
-        return Fifo(os.path.abspath(p), st.st_dev, st.st_ino, owned=False)
+        return Fifo(p, None)
+    node = None
     try:
+        node = FdHandle(
+            os.open(p, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC), "fifo node"
+        )
         # mkfifo applies the umask; set the exact mode asked for
-        os.chmod(p, mode)
-        st = os.lstat(p)
-        _registry.register("fifo", os.path.abspath(p), st.st_dev, st.st_ino)
+        os.chmod(f"/proc/self/fd/{node.fd}", mode)
+        st = os.fstat(node.fd)
+        _registry.register("fifo", p, st.st_dev, st.st_ino)
     except BaseException:
         os.unlink(p)
+        if node is not None:
+            node.close()
         raise
-    return Fifo(os.path.abspath(p), st.st_dev, st.st_ino, owned=True)
+    return Fifo(p, node, unlink_on_close=unlink_on_close)
 
 
 class FifoReceiveStream(PipeReceiveStream):
@@ -177,7 +221,9 @@ class FifoReceiveStream(PipeReceiveStream):
 
     _what = "fifo"
 
-    def __init__(self, handle: FdHandle, path: str = "", keeper: FdHandle | None = None):
+    def __init__(
+        self, handle: FdHandle, path: str = "", keeper: FdHandle | None = None
+    ):
         super().__init__(handle)
         self.path = path
         self._keeper = keeper

@@ -8,7 +8,6 @@ import os
 import stat
 from typing import Self
 
-
 from ._core._errors import LimitExceededError
 from ._core._fd import FdHandle, reopen_private_nonblocking
 from ._core._stream import FdReceiveStream, FdSendStream
@@ -207,5 +206,3 @@ def create_pipe(
         os.close(w)
         raise
     return PipeReceiveStream(FdHandle(r, "pipe")), PipeSendStream(FdHandle(w, "pipe"))
-
-

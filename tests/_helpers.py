@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -42,7 +42,19 @@ async def child_process(
             await proc.aclose()
 
 
+def run_backend(main: Callable[[], Awaitable[object]], backend_id: str) -> None:
+    """Run ``main`` on "asyncio", "uvloop" or "trio" (for child processes)."""
+    if backend_id == "uvloop":
+        import uvloop
+
+        options = {"loop_factory": uvloop.new_event_loop}
+        anyio.run(main, backend="asyncio", backend_options=options)
+    else:
+        anyio.run(main, backend=backend_id)
+
+
 async def read_line(stdout: BufferedByteReceiveStream, timeout: float = 10) -> bytes:
-    """The child's next stdout line (a handshake), within ``timeout`` seconds."""
+    """The child's next stdout line without its newline (a handshake), within
+    ``timeout`` seconds."""
     with anyio.fail_after(timeout):
         return await stdout.receive_until(b"\n", 65536)

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import uvloop
 
@@ -25,10 +26,29 @@ BACKENDS = [
 ]
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Start each backend once before any test, so that the descriptors a loop
+    library opens once per process (uvloop keeps a pipe) are not taken for leaks.
+    """
+
+    async def nothing() -> None:
+        pass
+
+    for param in BACKENDS:
+        name, options = param.values[0]  # type: ignore[misc]
+        anyio.run(nothing, backend=name, backend_options=options)
+
+
 @pytest.fixture(params=BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
     """Every async test runs on asyncio, asyncio+uvloop and trio."""
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def backend_id(anyio_backend: tuple[str, dict[str, object]]) -> str:
+    """"asyncio", "uvloop" or "trio": what a child process should run on."""
+    return "uvloop" if anyio_backend[1] else anyio_backend[0]
 
 
 def _open_fds() -> dict[int, str]:

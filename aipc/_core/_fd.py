@@ -72,7 +72,9 @@ class _Watcher:
 
     async def wait(self) -> None:
         if self.waiter is not None:
-            raise anyio.BusyResourceError("reading from" if self.readable else "writing to")
+            raise anyio.BusyResourceError(
+                "reading from" if self.readable else "writing to"
+            )
         waiter = self.loop.create_future()
         self.waiter = waiter
         if not self.registered:
@@ -164,7 +166,7 @@ class FdHandle:
         return fd
 
     async def wait_readable(self) -> None:
-        """Wait until the fd is readable; ``ClosedResourceError`` if closed meanwhile."""
+        """Wait until the fd is readable (``ClosedResourceError`` if closed)."""
         fd = self._fd
         if fd < 0:
             raise anyio.ClosedResourceError
@@ -178,7 +180,7 @@ class FdHandle:
         await watcher.wait()
 
     async def wait_writable(self) -> None:
-        """Wait until the fd is writable; ``ClosedResourceError`` if closed meanwhile."""
+        """Wait until the fd is writable (``ClosedResourceError`` if closed)."""
         fd = self._fd
         if fd < 0:
             raise anyio.ClosedResourceError

@@ -121,7 +121,9 @@ class Notifier:
         except BlockingIOError:
             raise EventFdOverflowError(value, EVENTFD_MAX) from None
         except OSError as exc:
-            raise translate_os_error(exc, closed=self._handle.closed, what="eventfd") from exc
+            raise translate_os_error(
+                exc, closed=self._handle.closed, what="eventfd"
+            ) from exc
         self._sets += 1
 
     def wait_nowait(self) -> int:
@@ -137,7 +139,9 @@ class Notifier:
         except BlockingIOError:
             raise anyio.WouldBlock from None
         except OSError as exc:
-            raise translate_os_error(exc, closed=self._handle.closed, what="eventfd") from exc
+            raise translate_os_error(
+                exc, closed=self._handle.closed, what="eventfd"
+            ) from exc
         self._waits_completed += 1
         return value
 
@@ -195,7 +199,7 @@ class Notifier:
         return NotifierStatistics(self._sets, self._waits_completed, self._sleeps)
 
     def close(self) -> None:
-        """Close this handle (idempotent); a task in ``wait()`` gets ClosedResourceError."""
+        """Close this handle (idempotent); a waiting task gets ClosedResourceError."""
         self._handle.close()
 
     async def aclose(self) -> None:

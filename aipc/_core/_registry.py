@@ -46,11 +46,7 @@ def state_dir() -> str:
     except FileExistsError:
         pass
     st = os.lstat(path)
-    if (
-        not stat.S_ISDIR(st.st_mode)
-        or st.st_uid != os.getuid()
-        or st.st_mode & 0o022
-    ):
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
         raise PermissionError(
             f"aipc state directory {path!r} is not a directory owned by this user "
             "and closed to others; set AIPC_STATE_DIR to a private directory"

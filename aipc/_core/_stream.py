@@ -228,7 +228,9 @@ class FdSendStream(ByteSendStream):
             if handle.fd < 0:
                 raise anyio.ClosedResourceError
             if self._broken:
-                raise anyio.BrokenResourceError(f"the other end of the {handle.what} is gone")
+                raise anyio.BrokenResourceError(
+                    f"the other end of the {handle.what} is gone"
+                )
             view = memoryview(item).cast("B")
             if not view:
                 return

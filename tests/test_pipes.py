@@ -1,0 +1,381 @@
+"""Anonymous pipes: the stream contract, limits, hand-off and peer death."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import warnings
+
+import anyio
+import pytest
+
+import aipc
+from aipc._core._fd import FdHandle
+
+from ._helpers import child_process, read_line
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_round_trip_and_eof() -> None:
+    r, w = aipc.create_pipe()
+    async with r, w:
+        await w.send(b"hello")
+        assert await r.receive() == b"hello"
+        await w.aclose()
+        with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
+            await r.receive()
+        # the end of the stream is sticky
+        with pytest.raises(anyio.EndOfStream):
+            await r.receive()
+
+
+async def test_receive_respects_max_bytes() -> None:
+    r, w = aipc.create_pipe()
+    async with r, w:
+        await w.send(b"abcdef")
+        assert await r.receive(4) == b"abcd"
+        assert await r.receive(4) == b"ef"
+
+
+def test_fds_are_cloexec_and_nonblocking() -> None:
+    r, w = aipc.create_pipe()
+    try:
+        for end in (r, w):
+            fd = end.fileno()
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+    finally:
+        r.close()
+        w.close()
+
+
+async def test_broken_pipe_is_an_exception_not_sigpipe() -> None:
+    r, w = aipc.create_pipe()
+    async with w:
+        await r.aclose()
+        with pytest.raises(anyio.BrokenResourceError):
+            await w.send(b"x")
+        with pytest.raises(anyio.BrokenResourceError):
+            await w.send(b"x")
+
+
+async def test_broken_pipe_with_default_sigpipe_disposition() -> None:
+    # An embedding application may have restored SIGPIPE's default action (which
+    # kills the process); aipc blocks it around the write.
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        r, w = aipc.create_pipe()
+        async with w:
+            await r.aclose()
+            with pytest.raises(anyio.BrokenResourceError):
+                await w.send(b"x")
+        assert signal.SIGPIPE not in signal.sigpending()
+        assert signal.SIGPIPE not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
+
+
+async def test_capacity() -> None:
+    r, w = aipc.create_pipe(capacity=1 << 20)
+    async with r, w:
+        assert r.capacity == w.capacity == 1 << 20
+        assert w.set_capacity(8192) >= 8192
+        assert r.capacity >= 8192
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_capacity_must_be_positive(bad: int) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError, match=r"capacity must be at least 1 byte"):
+        aipc.create_pipe(capacity=bad)
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_capacity_type() -> None:
+    with pytest.raises(TypeError, match="capacity must be an int"):
+        aipc.create_pipe(capacity=1.5)  # type: ignore[arg-type]
+
+
+def test_capacity_over_system_limit_names_the_limit() -> None:
+    limit = aipc.pipe_max_size()
+    with pytest.raises(aipc.LimitExceededError) as info:
+        aipc.create_pipe(capacity=limit + 1)
+    assert info.value.argument == "capacity"
+    assert info.value.limit == limit
+    assert "pipe-max-size" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+async def test_pipe_buf_writes_are_atomic_between_writers() -> None:
+    r, w1 = aipc.create_pipe()
+    w2 = aipc.PipeSendStream.from_fd(os.dup(w1.fileno()))
+    chunk_a, chunk_b = b"a" * aipc.PIPE_BUF, b"b" * aipc.PIPE_BUF
+    received = bytearray()
+
+    async def writer(w: aipc.PipeSendStream, chunk: bytes) -> None:
+        async with w:
+            for _ in range(50):
+                await w.send(chunk)
+
+    async with r:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer, w1, chunk_a)
+                tg.start_soon(writer, w2, chunk_b)
+                while True:
+                    try:
+                        received += await r.receive(1 << 16)
+                    except anyio.EndOfStream:
+                        break
+    assert len(received) == 100 * aipc.PIPE_BUF
+    for i in range(0, len(received), aipc.PIPE_BUF):
+        block = received[i : i + aipc.PIPE_BUF]
+        assert block in (chunk_a, chunk_b)
+
+
+async def test_close_wakes_waiting_receiver() -> None:
+    r, w = aipc.create_pipe()
+    async with w:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def receiver() -> None:
+                    with pytest.raises(anyio.ClosedResourceError):
+                        await r.receive()
+
+                tg.start_soon(receiver)
+                await anyio.wait_all_tasks_blocked()
+                await r.aclose()
+
+
+async def test_close_wakes_waiting_sender() -> None:
+    r, w = aipc.create_pipe(capacity=4096)
+    async with r:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def sender() -> None:
+                    with pytest.raises(anyio.ClosedResourceError):
+                        await w.send(b"x" * 100_000)
+
+                tg.start_soon(sender)
+                await anyio.wait_all_tasks_blocked()
+                await w.aclose()
+
+
+async def test_cancelled_receive_loses_nothing() -> None:
+    r, w = aipc.create_pipe()
+    async with r, w:
+        # cancelled while waiting: nothing was there to lose
+        with anyio.move_on_after(0.01) as scope:
+            await r.receive()
+        assert scope.cancelled_caught
+        # cancelled after the bytes were read: they come with the next receive
+        await w.send(b"payload")
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await r.receive()
+        assert scope.cancelled_caught
+        with anyio.fail_after(5):
+            assert await r.receive() == b"payload"
+
+
+async def test_cancelled_send_writes_nothing() -> None:
+    r, w = aipc.create_pipe()
+    async with r, w:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await w.send(b"never")
+        assert scope.cancelled_caught
+        await w.send(b"sent")
+        with anyio.fail_after(5):
+            assert await r.receive() == b"sent"
+        assert w.statistics().bytes == 4
+
+
+async def test_stale_fd_number_is_never_touched() -> None:
+    r1, w1 = aipc.create_pipe()
+    old = r1.fileno()
+    await r1.aclose()
+    r2, w2 = aipc.create_pipe()  # the kernel hands out the lowest free number
+    assert r2.fileno() == old
+    async with r2, w2, w1:
+        await r1.aclose()  # idempotent: must not close r2's fd
+        r1.close()
+        with pytest.raises(anyio.ClosedResourceError):
+            await r1.receive()
+        await w2.send(b"still mine")
+        with anyio.fail_after(5):
+            assert await r2.receive() == b"still mine"
+
+
+def test_unclosed_stream_warns_and_closes() -> None:
+    r, w = aipc.create_pipe()
+    fd = r.fileno()
+    w.close()
+    with pytest.warns(ResourceWarning, match=f"unclosed pipe fd={fd}"):
+        del r
+        import gc
+
+        gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_handle_rejects_bad_fd() -> None:
+    with pytest.raises(ValueError, match="fd must be >= 0"):
+        FdHandle(-1, "pipe")
+    with pytest.raises(TypeError, match="fd must be an int"):
+        FdHandle("3", "pipe")  # type: ignore[arg-type]
+
+
+def test_from_fd_checks_kind_and_direction() -> None:
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ValueError, match="is the write end"):
+            aipc.PipeReceiveStream.from_fd(w)
+        with pytest.raises(ValueError, match="is the read end"):
+            aipc.PipeSendStream.from_fd(r)
+    finally:
+        os.close(r)
+        os.close(w)
+    fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with pytest.raises(ValueError, match="is not a pipe or FIFO"):
+            aipc.PipeReceiveStream.from_fd(fd)
+    finally:
+        os.close(fd)
+    closed = os.open("/dev/null", os.O_RDONLY)
+    os.close(closed)
+    with pytest.raises(ValueError, match="is not an open file descriptor"):
+        aipc.PipeReceiveStream.from_fd(closed)
+
+
+async def test_from_fd_never_makes_a_shared_description_nonblocking() -> None:
+    # os.pipe() gives blocking descriptions, as a shell or parent would hand down
+    r, w = os.pipe()
+    shared_r = os.dup(r)  # another holder of the same open file description
+    shared_w = os.dup(w)
+    rs = aipc.PipeReceiveStream.from_fd(r)
+    ws = aipc.PipeSendStream.from_fd(w)
+    try:
+        assert not fcntl.fcntl(shared_r, fcntl.F_GETFL) & os.O_NONBLOCK
+        assert not fcntl.fcntl(shared_w, fcntl.F_GETFL) & os.O_NONBLOCK
+        async with rs, ws:
+            await ws.send(b"through a private description")
+            with anyio.fail_after(5):
+                assert await rs.receive() == b"through a private description"
+            os.write(shared_w, b"old holder")
+            with anyio.fail_after(5):
+                assert await rs.receive() == b"old holder"
+    finally:
+        os.close(shared_r)
+        os.close(shared_w)
+
+
+CHILD_ECHO = """
+import sys, anyio, aipc
+from tests._helpers import run_backend
+async def main():
+    rx = aipc.PipeReceiveStream.from_fd(int(sys.argv[1]))
+    tx = aipc.PipeSendStream.from_fd(int(sys.argv[2]))
+    async with rx, tx:
+        print("ready", flush=True)
+        while True:
+            try:
+                data = await rx.receive()
+            except anyio.EndOfStream:
+                break
+            await tx.send(data.upper())
+run_backend(main, sys.argv[3])
+"""
+
+
+async def test_child_process_echo(backend_id: str) -> None:
+    to_child_r, to_child_w = aipc.create_pipe()
+    from_child_r, from_child_w = aipc.create_pipe()
+    fds = [to_child_r.fileno(), from_child_w.fileno()]
+    async with to_child_w, from_child_r:
+        async with child_process(
+            CHILD_ECHO, pass_fds=fds, args=[*map(str, fds), backend_id]
+        ) as (proc, stdout):
+            await to_child_r.aclose()
+            await from_child_w.aclose()
+            assert await read_line(stdout) == b"ready"
+            with anyio.fail_after(10):
+                for i in range(100):
+                    msg = f"message {i}".encode()
+                    await to_child_w.send(msg)
+                    got = b""
+                    while len(got) < len(msg):
+                        got += await from_child_r.receive()
+                    assert got == msg.upper()
+                await to_child_w.aclose()
+                with pytest.raises(anyio.EndOfStream):
+                    await from_child_r.receive()
+                assert await proc.wait() == 0
+
+
+CHILD_HOLDS = """
+import sys, os, time
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_child_death_wakes_receiver_with_end_of_stream() -> None:
+    r, w = aipc.create_pipe()
+    async with r:
+        async with child_process(
+            CHILD_HOLDS, pass_fds=[w.fileno()]
+        ) as (proc, stdout):
+            await w.aclose()
+            assert await read_line(stdout) == b"ready"
+            async with anyio.create_task_group() as tg:
+
+                async def receiver() -> None:
+                    with anyio.fail_after(1), pytest.raises(anyio.EndOfStream):
+                        await r.receive()
+
+                tg.start_soon(receiver)
+                await anyio.wait_all_tasks_blocked()
+                proc.kill()
+
+
+async def test_child_death_wakes_sender_with_broken_resource() -> None:
+    r, w = aipc.create_pipe(capacity=4096)
+    async with w:
+        async with child_process(
+            CHILD_HOLDS, pass_fds=[r.fileno()]
+        ) as (proc, stdout):
+            await r.aclose()
+            assert await read_line(stdout) == b"ready"
+            async with anyio.create_task_group() as tg:
+
+                async def sender() -> None:
+                    with anyio.fail_after(1), pytest.raises(anyio.BrokenResourceError):
+                        while True:
+                            await w.send(b"x" * 65536)
+
+                tg.start_soon(sender)
+                await anyio.wait_all_tasks_blocked()
+                proc.kill()
+
+
+def test_repr_and_statistics() -> None:
+    r, w = aipc.create_pipe()
+    try:
+        assert f"fd={r.fileno()}" in repr(r)
+        assert r.statistics() == aipc.StreamStatistics(0, 0, 0, 0)
+    finally:
+        r.close()
+        w.close()
+    assert "closed" in repr(r)
+
+
+def test_sync_warning_filter_is_error() -> None:
+    # the suite runs with warnings as errors (pyproject filterwarnings)
+    with pytest.raises(UserWarning):
+        warnings.warn("x", UserWarning, stacklevel=1)
