@@ -1,0 +1,151 @@
+"""The integration layer: close order, readiness registration, errors, bridge."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import anyio
+import pytest
+
+import aipc
+from aipc._core._bridge import open_interruptible
+from aipc._core._errors import translate_os_error
+from aipc._core._fd import FdHandle, reopen_private_nonblocking
+
+pytestmark = pytest.mark.anyio
+
+
+def test_error_mapping() -> None:
+    closed = translate_os_error(OSError(errno.EBADF, "x"), closed=True, what="pipe")
+    assert isinstance(closed, anyio.ClosedResourceError)
+    foreign = OSError(errno.EBADF, "x")
+    assert translate_os_error(foreign, closed=False, what="pipe") is foreign
+    for code in (errno.EPIPE, errno.ECONNRESET):
+        broken = translate_os_error(OSError(code, "x"), closed=False, what="pipe")
+        assert isinstance(broken, anyio.BrokenResourceError)
+        assert "pipe" in str(broken)
+    other = OSError(errno.EIO, "x")
+    assert translate_os_error(other, closed=False, what="pipe") is other
+
+
+def test_limit_error_carries_its_data() -> None:
+    exc = aipc.LimitExceededError("capacity", 10, 5, "/proc/x", "raise it")
+    assert (exc.argument, exc.value, exc.limit, exc.limit_name, exc.hint) == (
+        "capacity",
+        10,
+        5,
+        "/proc/x",
+        "raise it",
+    )
+    assert str(exc) == "capacity=10 exceeds /proc/x (5); raise it"
+    assert isinstance(exc, aipc.AipcError)
+
+
+async def test_handle_close_order_wakes_waiter_then_closes() -> None:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    handle = FdHandle(r, "pipe")
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def waiter() -> None:
+                    with pytest.raises(anyio.ClosedResourceError):
+                        await handle.wait_readable()
+
+                tg.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                handle.close()
+        assert handle.closed
+        assert handle.fd == -1
+        with pytest.raises(anyio.ClosedResourceError):
+            handle.fileno()
+        with pytest.raises(anyio.ClosedResourceError):
+            await handle.wait_readable()
+        handle.close()  # idempotent
+    finally:
+        os.close(w)
+
+
+async def test_readable_fd_without_waiter_does_not_spin() -> None:
+    # The persistent registration must drop itself when the fd is ready and
+    # nobody waits, or a level-triggered loop would call it forever.
+    r, w = aipc.create_pipe()
+    async with r, w:
+        await w.send(b"a")
+        assert await r.receive() == b"a"
+        await w.send(b"b")  # readable now, and nobody is waiting
+        with anyio.fail_after(5):
+            for _ in range(100):
+                await anyio.lowlevel.checkpoint()
+        watcher = r._handle._rwatch
+        if watcher is not None:  # asyncio and uvloop
+            assert not watcher.registered
+        assert await r.receive() == b"b"
+
+
+async def test_detach_gives_up_ownership() -> None:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    handle = FdHandle(r, "pipe")
+    assert handle.detach() == r
+    assert handle.closed
+    os.fstat(r)  # still open: detach does not close
+    os.close(r)
+    os.close(w)
+
+
+def test_reopen_refuses_unreopenable_blocking_fds() -> None:
+    import socket
+
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(True)
+        with pytest.raises(ValueError, match="cannot be reopened privately"):
+            reopen_private_nonblocking(a.fileno(), "socket")
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_interruptible_open_completes(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(tmp_path, "f")
+    os.mkfifo(path, 0o600)
+    try:
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fd = await open_interruptible(
+                path, os.O_WRONLY | os.O_CLOEXEC, lambda: -1
+            )
+            os.close(fd)
+        finally:
+            os.close(reader)
+    finally:
+        os.unlink(path)
+
+
+async def test_interruptible_open_cancelled_leaves_no_thread(
+    tmp_path: os.PathLike[str],
+) -> None:
+    path = os.path.join(tmp_path, "f")
+    os.mkfifo(path, 0o600)
+    try:
+        before = anyio.to_thread.current_default_thread_limiter().borrowed_tokens
+        for _ in range(5):
+            with anyio.move_on_after(0.02) as scope:
+                await open_interruptible(
+                    path,
+                    os.O_WRONLY | os.O_CLOEXEC,
+                    lambda: os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC),
+                )
+            assert scope.cancelled_caught
+        after = anyio.to_thread.current_default_thread_limiter().borrowed_tokens
+        assert after == before  # every worker thread came back
+    finally:
+        os.unlink(path)
+
+
+async def test_interruptible_open_reports_errors(tmp_path: os.PathLike[str]) -> None:
+    with pytest.raises(FileNotFoundError):
+        await open_interruptible(
+            os.path.join(tmp_path, "missing"), os.O_RDONLY, lambda: -1
+        )
