@@ -14,12 +14,11 @@ import select
 import stat
 
 from anyio.abc import AsyncResource
-from anyio.lowlevel import checkpoint
 
 from ._core import _registry
 from ._core._bridge import open_interruptible
 from ._core._errors import AipcError
-from ._core._fd import FdHandle
+from ._core._fd import FdHandle, checkpoint
 from ._pipes import PipeReceiveStream, PipeSendStream
 
 __all__ = [

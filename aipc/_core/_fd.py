@@ -28,24 +28,62 @@ import asyncio
 import os
 import stat
 import sys
+import threading
 import warnings
 from typing import Any
 
 import anyio
 import sniffio
+from anyio.lowlevel import checkpoint as _anyio_checkpoint
 
-__all__ = ["FdHandle", "reopen_private_nonblocking"]
+try:
+    import trio as _trio
+except ImportError:  # pragma: no cover - trio is optional
+    _trio = None  # type: ignore[assignment]
+
+__all__ = ["FdHandle", "checkpoint", "reopen_private_nonblocking"]
 
 _GENERIC_WAIT = os.environ.get("AIPC_GENERIC_WAIT", "") not in ("", "0")
+
+
+async def checkpoint() -> None:
+    """A schedule point that also delivers cancellation (as anyio's).
+
+    Same semantics as ``anyio.lowlevel.checkpoint()``, without its generic
+    dispatch, which costs about as much again as the yield itself on asyncio.
+    """
+    lib = sniffio.current_async_library()
+    if lib == "asyncio":
+        await asyncio.sleep(0)
+    elif lib == "trio" and _trio is not None:
+        await _trio.lowlevel.checkpoint()
+    else:  # pragma: no cover - another anyio backend
+        await _anyio_checkpoint()
+
+
+async def _trio_wait(fd: int, readable: bool) -> None:
+    assert _trio is not None
+    try:
+        if readable:
+            await _trio.lowlevel.wait_readable(fd)
+        else:
+            await _trio.lowlevel.wait_writable(fd)
+    except _trio.ClosedResourceError:
+        raise anyio.ClosedResourceError from None
+    except _trio.BusyResourceError:
+        raise anyio.BusyResourceError(
+            "reading from" if readable else "writing to"
+        ) from None
 
 
 class _Watcher:
     """A persistent asyncio/uvloop reader or writer registration for one fd."""
 
-    __slots__ = ("fd", "loop", "readable", "registered", "waiter")
+    __slots__ = ("fd", "loop", "readable", "registered", "thread", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, readable: bool):
         self.loop = loop
+        self.thread = threading.get_ident()
         self.fd = fd
         self.readable = readable
         self.registered = False
@@ -97,6 +135,17 @@ class _Watcher:
         if waiter is not None and not waiter.done():
             waiter.set_result(False)
         self.unregister()
+
+
+def _current(watcher: _Watcher | None) -> bool:
+    # asyncio.get_running_loop() costs a getpid() syscall on every call; a
+    # watcher whose loop is running in this very thread is the current one,
+    # since a thread runs one loop at a time.
+    return (
+        watcher is not None
+        and watcher.thread == threading.get_ident()
+        and watcher.loop.is_running()
+    )
 
 
 class FdHandle:
@@ -170,13 +219,16 @@ class FdHandle:
         fd = self._fd
         if fd < 0:
             raise anyio.ClosedResourceError
-        if _GENERIC_WAIT or sniffio.current_async_library() != "asyncio":
-            await anyio.wait_readable(fd)
+        lib = sniffio.current_async_library()
+        if _GENERIC_WAIT or lib != "asyncio":
+            if lib == "trio" and not _GENERIC_WAIT and _trio is not None:
+                await _trio_wait(fd, True)
+            else:
+                await anyio.wait_readable(fd)
             return
         watcher = self._rwatch
-        loop = asyncio.get_running_loop()
-        if watcher is None or watcher.loop is not loop:
-            watcher = self._rwatch = _Watcher(loop, fd, True)
+        if not _current(watcher):
+            watcher = self._rwatch = _Watcher(asyncio.get_running_loop(), fd, True)
         await watcher.wait()
 
     async def wait_writable(self) -> None:
@@ -184,13 +236,16 @@ class FdHandle:
         fd = self._fd
         if fd < 0:
             raise anyio.ClosedResourceError
-        if _GENERIC_WAIT or sniffio.current_async_library() != "asyncio":
-            await anyio.wait_writable(fd)
+        lib = sniffio.current_async_library()
+        if _GENERIC_WAIT or lib != "asyncio":
+            if lib == "trio" and not _GENERIC_WAIT and _trio is not None:
+                await _trio_wait(fd, False)
+            else:
+                await anyio.wait_writable(fd)
             return
         watcher = self._wwatch
-        loop = asyncio.get_running_loop()
-        if watcher is None or watcher.loop is not loop:
-            watcher = self._wwatch = _Watcher(loop, fd, False)
+        if not _current(watcher):
+            watcher = self._wwatch = _Watcher(asyncio.get_running_loop(), fd, False)
         await watcher.wait()
 
     def __repr__(self) -> str:

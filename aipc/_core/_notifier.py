@@ -12,10 +12,9 @@ import os
 from dataclasses import dataclass
 
 import anyio
-from anyio.lowlevel import checkpoint
 
 from ._errors import EventFdOverflowError, translate_os_error
-from ._fd import FdHandle
+from ._fd import FdHandle, checkpoint
 
 __all__ = ["EVENTFD_MAX", "Notifier", "NotifierStatistics"]
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
-from anyio.lowlevel import checkpoint
 
 from ._errors import translate_os_error
-from ._fd import FdHandle
+from ._fd import FdHandle, checkpoint
 
 __all__ = ["FdReceiveStream", "FdSendStream", "StreamStatistics"]
 

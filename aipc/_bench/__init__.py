@@ -1,0 +1,33 @@
+"""``aipc bench``: every mechanism between two real processes, beside its peers.
+
+For each mechanism the orchestrator starts two processes (a *driver* that sends
+and times, a *peer* that echoes and acknowledges), pins them to two CPUs and
+then to one, and measures the round-trip latency of 8-byte messages and the
+one-way throughput of 64 KiB and 1 MiB chunks. aipc rows run on the backend
+chosen with ``--backend``; the peers (blocking ``os.read``/``os.write``,
+``multiprocessing.Pipe``, asyncio and uvloop pipe streams, trio's ``FdStream``)
+run on their own loops in the same run, so that the ratios compare like with
+like. See ``benchmarks/README.md``.
+
+This package imports its heavy parts only when ``run`` is called.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``aipc bench`` options to ``parser``."""
+    from ._runner import add_arguments as _add
+
+    _add(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark described by the parsed ``args``; return the exit status."""
+    from ._runner import run as _run
+
+    return _run(args)

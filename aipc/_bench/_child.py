@@ -1,0 +1,612 @@
+"""One side of an ``aipc bench`` measurement.
+
+Run as ``python -m aipc._bench._child SPEC`` by the orchestrator, where SPEC is
+a JSON object (see ``_runner._spawn``): the role (``driver`` or ``peer``), the
+family of code to run, the event loop, the descriptors or FIFO paths inherited
+from the orchestrator and the blocks of phases to walk (see ``_plan``).
+
+The peer writes one byte on the control pipe once it is ready; the driver waits
+for it (the handshake), reports ``ready``, and then runs one block each time
+the orchestrator writes ``go`` on its stdin. It reports on stdout, one JSON
+object per line: ``hello`` (which loop really runs), ``ready``, ``start`` and
+``result`` of each measured phase (raw samples: the orchestrator merges the
+rounds), ``cap`` (the pipe capacity granted) and ``done`` after each block.
+The peer needs no signal: it is always blocked on the driver's next message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+__all__ = ["main"]
+
+_MSG = b"aipc-rtt"  # the 8-byte round-trip message
+assert len(_MSG) == 8
+_ACK = b"A"
+
+Send = Callable[[bytes], Awaitable[None]]
+Receive = Callable[[int], Awaitable[bytes]]
+
+
+class _PeerGone(Exception):
+    """The other process closed its end (it exited or failed)."""
+
+
+# --------------------------------------------------------------------------
+# context: role, pinning, handshake, reporting
+
+
+class _Ctx:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.role: str = spec["role"]
+        self.driver = self.role == "driver"
+        self.blocks: list[list[dict[str, Any]]] = spec["blocks"]
+        self.tx: Any = spec["tx"]  # an fd, or a FIFO path
+        self.rx: Any = spec["rx"]
+        self.ctl: int = spec["ctl"]
+
+    def emit(self, **event: Any) -> None:
+        if self.driver:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+
+    def wait_go(self) -> bool:
+        """Driver: wait for the orchestrator's go-ahead; False means stop."""
+        return sys.stdin.readline().strip() == "go"
+
+    def pin(self, phase: dict[str, Any]) -> None:
+        os.sched_setaffinity(0, {int(phase["cpus"][self.role])})
+
+    def handshake(self) -> None:
+        """Peer: say "ready". Driver: wait until the peer said so."""
+        if self.driver:
+            try:
+                data = os.read(self.ctl, 1)
+            finally:
+                os.close(self.ctl)
+            if not data:
+                raise _PeerGone("the peer exited before it was ready")
+        else:
+            try:
+                os.write(self.ctl, b"R")
+            finally:
+                os.close(self.ctl)
+
+    def hello(self, loop: str) -> None:
+        generic: bool | None = None
+        if self.spec["family"] in ("pipe", "fifo", "eventfd"):
+            from aipc._core import _fd
+
+            generic = _fd._GENERIC_WAIT
+        self.emit(event="hello", loop=loop, generic_wait=generic, pid=os.getpid())
+
+
+def _tput_result(
+    total: int, times_ns: list[int], capacity: int | None
+) -> dict[str, Any]:
+    return {"bytes": total, "times_ns": times_ns, "capacity": capacity}
+
+
+def _pipe_capacity(fd: int) -> int | None:
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except OSError:
+        return None
+
+
+def _set_pipe_capacity(fd: int, size: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+
+
+# --------------------------------------------------------------------------
+# transports: the measuring loops, written once per kind of API
+
+
+class _AsyncTransport(Protocol):
+    async def rtt(self, warmup: int, n: int) -> list[int]: ...
+    async def echo(self, count: int) -> None: ...
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]: ...
+    async def sink(self, chunk: int, total: int, warm: int, reps: int) -> None: ...
+    def set_capacity(self, size: int) -> int: ...
+    def capacity(self) -> int | None: ...
+
+
+class _SyncTransport(Protocol):
+    def rtt(self, warmup: int, n: int) -> list[int]: ...
+    def echo(self, count: int) -> None: ...
+    def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]: ...
+    def sink(self, chunk: int, total: int, warm: int, reps: int) -> None: ...
+    def set_capacity(self, size: int) -> int: ...
+    def capacity(self) -> int | None: ...
+
+
+class _AsyncStreams:
+    """Any async byte stream pair given as ``send(bytes)`` / ``receive(max)``.
+
+    ``receive`` may signal end of stream by returning ``b""`` (asyncio, trio)
+    or by raising (anyio's ``EndOfStream``).
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        receive: Receive,
+        tx_fd: int | None,
+        set_capacity: Callable[[int], int] | None = None,
+    ) -> None:
+        self.send = send
+        self.receive = receive
+        self.tx_fd = tx_fd
+        self._set_capacity = set_capacity
+
+    async def rtt(self, warmup: int, n: int) -> list[int]:
+        send, receive, clock = self.send, self.receive, time.perf_counter_ns
+        msg = _MSG
+        out: list[int] = []
+        for _ in range(warmup + n):
+            t0 = clock()
+            await send(msg)
+            got = 0
+            while got < 8:
+                data = await receive(8 - got)
+                if not data:
+                    raise _PeerGone
+                got += len(data)
+            out.append(clock() - t0)
+        return out[warmup:]
+
+    async def echo(self, count: int) -> None:
+        send, receive = self.send, self.receive
+        for _ in range(count):
+            data = await receive(8)
+            while len(data) < 8:
+                more = await receive(8 - len(data))
+                if not more:
+                    raise _PeerGone
+                data += more
+            await send(data)
+
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        send, receive, clock = self.send, self.receive, time.perf_counter_ns
+        payload = bytes(chunk)
+        out: list[int] = []
+        for rep in range(reps + 1):  # the first one, shorter, warms up
+            count = (total if rep else warm) // chunk
+            t0 = clock()
+            for _ in range(count):
+                await send(payload)
+            if not await receive(1):
+                raise _PeerGone
+            out.append(clock() - t0)
+        return out[1:]
+
+    async def sink(self, chunk: int, total: int, warm: int, reps: int) -> None:
+        send, receive = self.send, self.receive
+        for rep in range(reps + 1):
+            got, want = 0, total if rep else warm
+            while got < want:
+                data = await receive(chunk)
+                if not data:
+                    raise _PeerGone
+                got += len(data)
+            await send(_ACK)
+
+    def set_capacity(self, size: int) -> int:
+        if self._set_capacity is not None:
+            return self._set_capacity(size)
+        assert self.tx_fd is not None
+        return _set_pipe_capacity(self.tx_fd, size)
+
+    def capacity(self) -> int | None:
+        return None if self.tx_fd is None else _pipe_capacity(self.tx_fd)
+
+
+class _AipcEventFds:
+    """Two aipc EventFds: ``set(1)`` on one, ``await wait()`` on the other."""
+
+    def __init__(self, out: Any, into: Any) -> None:
+        self.out = out
+        self.into = into
+
+    async def rtt(self, warmup: int, n: int) -> list[int]:
+        set_, wait, clock = self.out.set, self.into.wait, time.perf_counter_ns
+        out: list[int] = []
+        for _ in range(warmup + n):
+            t0 = clock()
+            set_(1)
+            await wait()
+            out.append(clock() - t0)
+        return out[warmup:]
+
+    async def echo(self, count: int) -> None:
+        set_, wait = self.out.set, self.into.wait
+        for _ in range(count):
+            await wait()
+            set_(1)
+
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        raise NotImplementedError
+
+    async def sink(self, chunk: int, total: int, warm: int, reps: int) -> None:
+        raise NotImplementedError
+
+    def set_capacity(self, size: int) -> int:
+        raise NotImplementedError
+
+    def capacity(self) -> int | None:
+        return None
+
+
+class _RawFds:
+    """Blocking ``os.read`` / ``os.write`` on two pipes: the floor."""
+
+    def __init__(self, tx: int, rx: int) -> None:
+        self.tx = tx
+        self.rx = rx
+
+    def rtt(self, warmup: int, n: int) -> list[int]:
+        tx, rx, clock = self.tx, self.rx, time.perf_counter_ns
+        write, read = os.write, os.read
+        msg = _MSG
+        out: list[int] = []
+        for _ in range(warmup + n):
+            t0 = clock()
+            write(tx, msg)
+            got = 0
+            while got < 8:
+                data = read(rx, 8 - got)
+                if not data:
+                    raise _PeerGone
+                got += len(data)
+            out.append(clock() - t0)
+        return out[warmup:]
+
+    def echo(self, count: int) -> None:
+        tx, rx = self.tx, self.rx
+        write, read = os.write, os.read
+        for _ in range(count):
+            data = read(rx, 8)
+            while len(data) < 8:
+                more = read(rx, 8 - len(data))
+                if not more:
+                    raise _PeerGone
+                data += more
+            write(tx, data)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.tx, view) :]
+
+    def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        tx, rx, clock, write = self.tx, self.rx, time.perf_counter_ns, os.write
+        payload = bytes(chunk)
+        out: list[int] = []
+        for rep in range(reps + 1):
+            count = (total if rep else warm) // chunk
+            t0 = clock()
+            for _ in range(count):
+                if write(tx, payload) != chunk:  # only if interrupted by a signal
+                    raise OSError("short write on a blocking pipe")
+            if not os.read(rx, 1):
+                raise _PeerGone
+            out.append(clock() - t0)
+        return out[1:]
+
+    def sink(self, chunk: int, total: int, warm: int, reps: int) -> None:
+        rx, read = self.rx, os.read
+        for rep in range(reps + 1):
+            got, want = 0, total if rep else warm
+            while got < want:
+                data = read(rx, chunk)
+                if not data:
+                    raise _PeerGone
+                got += len(data)
+            self._write_all(_ACK)
+
+    def set_capacity(self, size: int) -> int:
+        return _set_pipe_capacity(self.tx, size)
+
+    def capacity(self) -> int | None:
+        return _pipe_capacity(self.tx)
+
+
+class _MpConnection:
+    """``multiprocessing.connection.Connection`` send_bytes / recv_bytes."""
+
+    def __init__(self, conn: Connection[Any, Any]) -> None:
+        self.conn = conn
+
+    def rtt(self, warmup: int, n: int) -> list[int]:
+        send, recv, clock = (
+            self.conn.send_bytes,
+            self.conn.recv_bytes,
+            time.perf_counter_ns,
+        )
+        msg = _MSG
+        out: list[int] = []
+        for _ in range(warmup + n):
+            t0 = clock()
+            send(msg)
+            recv()
+            out.append(clock() - t0)
+        return out[warmup:]
+
+    def echo(self, count: int) -> None:
+        send, recv = self.conn.send_bytes, self.conn.recv_bytes
+        for _ in range(count):
+            send(recv())
+
+    def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        send, recv, clock = (
+            self.conn.send_bytes,
+            self.conn.recv_bytes,
+            time.perf_counter_ns,
+        )
+        payload = bytes(chunk)
+        out: list[int] = []
+        for rep in range(reps + 1):
+            count = (total if rep else warm) // chunk
+            t0 = clock()
+            for _ in range(count):
+                send(payload)
+            recv()
+            out.append(clock() - t0)
+        return out[1:]
+
+    def sink(self, chunk: int, total: int, warm: int, reps: int) -> None:
+        send, recv = self.conn.send_bytes, self.conn.recv_bytes
+        for rep in range(reps + 1):
+            got, want = 0, total if rep else warm
+            while got < want:
+                got += len(recv())
+            send(_ACK)
+
+    def set_capacity(self, size: int) -> int:
+        raise NotImplementedError
+
+    def capacity(self) -> int | None:
+        return None
+
+
+# --------------------------------------------------------------------------
+# walking the phases (the same order in both processes)
+
+
+def _cap(ctx: _Ctx, t: _AsyncTransport | _SyncTransport, size: int) -> None:
+    if not ctx.driver:
+        return
+    try:
+        granted = t.set_capacity(size)
+    except (OSError, ValueError) as exc:
+        ctx.emit(event="cap", size=size, granted=t.capacity(), error=str(exc))
+    else:
+        ctx.emit(event="cap", size=size, granted=granted)
+
+
+async def _walk_async(ctx: _Ctx, t: _AsyncTransport) -> None:
+    ctx.handshake()
+    ctx.emit(event="ready")
+    for block in ctx.blocks:
+        if ctx.driver and not ctx.wait_go():
+            return
+        for ph in block:
+            op = ph["op"]
+            if op == "pin":
+                ctx.pin(ph)
+            elif op == "cap":
+                _cap(ctx, t, ph["size"])
+            elif op == "rtt":
+                if ctx.driver:
+                    ctx.emit(event="start", id=ph["id"])
+                    samples = await t.rtt(ph["warmup"], ph["n"])
+                    ctx.emit(event="result", id=ph["id"], samples_ns=samples)
+                else:
+                    await t.echo(ph["warmup"] + ph["n"])
+            elif op == "tput":
+                args = (ph["chunk"], ph["bytes"], ph["warmup_bytes"], ph["reps"])
+                if ctx.driver:
+                    ctx.emit(event="start", id=ph["id"])
+                    times = await t.tput(*args)
+                    result = _tput_result(ph["bytes"], times, t.capacity())
+                    ctx.emit(event="result", id=ph["id"], **result)
+                else:
+                    await t.sink(*args)
+        ctx.emit(event="done")
+
+
+def _walk_sync(ctx: _Ctx, t: _SyncTransport) -> None:
+    ctx.handshake()
+    ctx.emit(event="ready")
+    for block in ctx.blocks:
+        if ctx.driver and not ctx.wait_go():
+            return
+        for ph in block:
+            op = ph["op"]
+            if op == "pin":
+                ctx.pin(ph)
+            elif op == "cap":
+                _cap(ctx, t, ph["size"])
+            elif op == "rtt":
+                if ctx.driver:
+                    ctx.emit(event="start", id=ph["id"])
+                    samples = t.rtt(ph["warmup"], ph["n"])
+                    ctx.emit(event="result", id=ph["id"], samples_ns=samples)
+                else:
+                    t.echo(ph["warmup"] + ph["n"])
+            elif op == "tput":
+                args = (ph["chunk"], ph["bytes"], ph["warmup_bytes"], ph["reps"])
+                if ctx.driver:
+                    ctx.emit(event="start", id=ph["id"])
+                    times = t.tput(*args)
+                    result = _tput_result(ph["bytes"], times, t.capacity())
+                    ctx.emit(event="result", id=ph["id"], **result)
+                else:
+                    t.sink(*args)
+        ctx.emit(event="done")
+
+
+# --------------------------------------------------------------------------
+# the families: how each mechanism is opened on each side
+
+
+def _running_loop_name() -> str:
+    import sniffio
+
+    lib = sniffio.current_async_library()
+    if lib != "asyncio":
+        return lib
+    loop = asyncio.get_running_loop()
+    return f"{type(loop).__module__}.{type(loop).__qualname__}"
+
+
+async def _aipc_main(ctx: _Ctx) -> None:
+    import aipc
+
+    ctx.hello(_running_loop_name())
+    family = ctx.spec["family"]
+    if family == "eventfd":
+        out = aipc.EventFd.from_fd(ctx.tx, semaphore=False)
+        into = aipc.EventFd.from_fd(ctx.rx, semaphore=False)
+        async with out, into:
+            await _walk_async(ctx, _AipcEventFds(out, into))
+        return
+    rx: aipc.PipeReceiveStream
+    tx: aipc.PipeSendStream
+    if family == "fifo":
+        # Receivers open at once; a sender waits for its reader, which the other
+        # side opened first: no deadlock whichever process gets there first.
+        rx = await aipc.open_fifo_receiver(ctx.rx)
+        try:
+            tx = await aipc.open_fifo_sender(ctx.tx)
+        except BaseException:
+            await rx.aclose()
+            raise
+    else:
+        rx = aipc.PipeReceiveStream.from_fd(ctx.rx)
+        tx = aipc.PipeSendStream.from_fd(ctx.tx)
+    async with rx, tx:
+        transport = _AsyncStreams(
+            tx.send, rx.receive, tx.fileno(), set_capacity=tx.set_capacity
+        )
+        await _walk_async(ctx, transport)
+
+
+async def _asyncio_main(ctx: _Ctx) -> None:
+    ctx.hello(_running_loop_name())
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    read_transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+        open(ctx.rx, "rb", buffering=0),  # noqa: SIM115 (the transport closes it)
+    )
+    write_transport, write_protocol = await loop.connect_write_pipe(
+        lambda: asyncio.streams.FlowControlMixin(loop=loop),
+        open(ctx.tx, "wb", buffering=0),  # noqa: SIM115
+    )
+    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+
+    async def send(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+
+    try:
+        await _walk_async(ctx, _AsyncStreams(send, reader.read, ctx.tx))
+    finally:
+        writer.close()
+        read_transport.close()
+        await asyncio.sleep(0)  # let the transports' close callbacks run
+
+
+async def _trio_main(ctx: _Ctx) -> None:
+    import trio
+
+    ctx.hello("trio")
+    rx = trio.lowlevel.FdStream(ctx.rx)
+    tx = trio.lowlevel.FdStream(ctx.tx)
+    async with rx, tx:
+        await _walk_async(ctx, _AsyncStreams(tx.send_all, rx.receive_some, ctx.tx))
+
+
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
+def _run(ctx: _Ctx) -> None:
+    family, loop = ctx.spec["family"], ctx.spec["loop"]
+    if family in ("pipe", "fifo", "eventfd"):
+        import anyio
+
+        if loop == "trio":
+            anyio.run(_aipc_main, ctx, backend="trio")
+        elif loop == "uvloop":
+            anyio.run(
+                _aipc_main,
+                ctx,
+                backend="asyncio",
+                backend_options={"loop_factory": _uvloop_factory()},
+            )
+        else:
+            anyio.run(_aipc_main, ctx, backend="asyncio")
+    elif family == "asyncio":
+        factory = _uvloop_factory() if loop == "uvloop" else None
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_asyncio_main(ctx))
+    elif family == "trio":
+        import trio
+
+        trio.run(_trio_main, ctx)
+    elif family == "raw":
+        ctx.hello("blocking")
+        try:
+            _walk_sync(ctx, _RawFds(ctx.tx, ctx.rx))
+        finally:
+            os.close(ctx.tx)
+            os.close(ctx.rx)
+    elif family == "mp":
+        ctx.hello("blocking")
+        with Connection(ctx.tx) as conn:  # tx and rx are the same socket
+            _walk_sync(ctx, _MpConnection(conn))
+    else:
+        raise ValueError(f"unknown family {family!r}")
+
+
+def _die_with_parent(parent: int) -> None:
+    """If the orchestrator dies (even by SIGKILL), take this process with it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(3)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: ``python -m aipc._bench._child SPEC``."""
+    spec = json.loads(argv[1])
+    _die_with_parent(spec["parent_pid"])
+    ctx = _Ctx(spec)
+    try:
+        _run(ctx)
+    except _PeerGone as exc:
+        print(f"{ctx.role}: the other process went away ({exc})", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,332 @@
+"""What ``aipc bench`` measures: mechanisms, placements, phases and their sizes.
+
+This module is shared by the orchestrator (``_runner``) and the two measuring
+processes (``_child``); it imports nothing heavy.
+
+A *group* is one mechanism on one event loop, measured by one pair of processes:
+the *driver* (it sends, times and reports) and the *peer* (it echoes and
+acknowledges). Both walk the same *blocks* of *phases* in the same order; the
+driver starts each block when the orchestrator says so:
+
+- ``pin``: each process pins itself to its CPU for the block's placement;
+- ``cap``: the driver resizes the driver→peer pipe (pipe families only);
+- ``tput``: one-way transfer of ``bytes`` in ``chunk``-sized sends, acknowledged
+  by the peer with one byte at the end of each repetition (after a shorter,
+  untimed warm-up transfer);
+- ``rtt``: round trips of 8-byte messages (the peer echoes them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "BACKENDS",
+    "CHUNKS",
+    "DEFAULT_CAPACITY",
+    "MECHANISMS",
+    "RAISED_CAPACITY",
+    "Config",
+    "Mechanism",
+    "PhaseInfo",
+    "Placement",
+    "build_blocks",
+]
+
+KIB = 1024
+MIB = 1024 * 1024
+
+#: The backends aipc rows can run on.
+BACKENDS = ("asyncio", "uvloop", "trio")
+
+#: The chunk sizes of the throughput columns.
+CHUNKS = (64 * KIB, MIB)
+
+#: Linux's default pipe capacity, set explicitly before the default-capacity rows.
+DEFAULT_CAPACITY = 64 * KIB
+
+#: The capacity of the "(1 MiB capacity)" rows (Linux's default fs.pipe-max-size).
+RAISED_CAPACITY = MIB
+
+#: The peer each aipc backend is compared with: the same loop's own pipe streams.
+REFERENCE_PEER = {
+    "asyncio": "asyncio-pipe",
+    "uvloop": "uvloop-pipe",
+    "trio": "trio-fdstream",
+}
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """One row family of the table.
+
+    ``family`` selects the code in ``_child``; ``loop`` is the fixed event loop
+    of a peer (``None`` for aipc rows, which run on the chosen backends, and
+    ``"blocking"`` for peers without a loop).
+    """
+
+    key: str
+    label: str
+    family: str
+    aipc: bool
+    loop: str | None
+    throughput: bool
+    capacity: bool
+    backends: tuple[str, ...] = BACKENDS
+    requires: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+MECHANISMS: tuple[Mechanism, ...] = (
+    Mechanism(
+        "pipe",
+        "aipc pipe",
+        "pipe",
+        aipc=True,
+        loop=None,
+        throughput=True,
+        capacity=True,
+    ),
+    Mechanism(
+        "pipe-generic",
+        "aipc pipe (generic wait)",
+        "pipe",
+        aipc=True,
+        loop=None,
+        throughput=False,
+        capacity=False,
+        backends=("asyncio", "uvloop"),
+        env={"AIPC_GENERIC_WAIT": "1"},
+        note="AIPC_GENERIC_WAIT=1: anyio.wait_readable, one epoll registration "
+        "added and removed per wait",
+    ),
+    Mechanism(
+        "fifo",
+        "aipc FIFO",
+        "fifo",
+        aipc=True,
+        loop=None,
+        throughput=True,
+        capacity=False,
+    ),
+    Mechanism(
+        "eventfd",
+        "aipc eventfd",
+        "eventfd",
+        aipc=True,
+        loop=None,
+        throughput=False,
+        capacity=False,
+        note="set() / await wait() ping-pong on two eventfds",
+    ),
+    Mechanism(
+        "raw",
+        "os.read/os.write, blocking pipe",
+        "raw",
+        aipc=False,
+        loop="blocking",
+        throughput=True,
+        capacity=True,
+        note="the floor: no event loop, blocking syscalls",
+    ),
+    Mechanism(
+        "mp-pipe",
+        "multiprocessing.Pipe",
+        "mp",
+        aipc=False,
+        loop="blocking",
+        throughput=True,
+        capacity=False,
+        note="send_bytes/recv_bytes on a socketpair (no pipe capacity to raise)",
+    ),
+    Mechanism(
+        "asyncio-pipe",
+        "asyncio pipe streams",
+        "asyncio",
+        aipc=False,
+        loop="asyncio",
+        throughput=True,
+        capacity=True,
+        note="loop.connect_read_pipe/connect_write_pipe + StreamReader/StreamWriter",
+    ),
+    Mechanism(
+        "uvloop-pipe",
+        "uvloop pipe streams",
+        "asyncio",
+        aipc=False,
+        loop="uvloop",
+        throughput=True,
+        capacity=True,
+        requires=("uvloop",),
+        note="the same code as the asyncio peer, on a uvloop loop",
+    ),
+    Mechanism(
+        "trio-fdstream",
+        "trio FdStream",
+        "trio",
+        aipc=False,
+        loop="trio",
+        throughput=True,
+        capacity=True,
+        requires=("trio",),
+        note="trio.lowlevel.FdStream receive_some/send_all",
+    ),
+)
+
+MECHANISM_KEYS = tuple(m.key for m in MECHANISMS)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the two processes run: ``name`` and the CPU of each."""
+
+    name: str
+    driver_cpu: int
+    peer_cpu: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """Iteration counts and transfer sizes of one run.
+
+    Every group runs ``rounds`` blocks per placement; the orchestrator
+    interleaves the blocks of all groups, so that a burst of load from other
+    processes on the machine falls on every row alike. The counts below are
+    per block; a row's numbers are taken over all its blocks.
+    """
+
+    rounds: int
+    rtt_warmup: int
+    rtt_count: int
+    tput_bytes: dict[int, int]
+    tput_reps: int
+    block_timeout: float
+    start_timeout: float
+
+    @classmethod
+    def default(cls) -> Config:
+        return cls(
+            rounds=6,
+            rtt_warmup=200,
+            rtt_count=1000,
+            tput_bytes={64 * KIB: 32 * MIB, MIB: 64 * MIB},
+            tput_reps=2,
+            block_timeout=120.0,
+            start_timeout=60.0,
+        )
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(
+            rounds=1,
+            rtt_warmup=30,
+            rtt_count=200,
+            tput_bytes={64 * KIB: 2 * MIB, MIB: 4 * MIB},
+            tput_reps=1,
+            block_timeout=30.0,
+            start_timeout=30.0,
+        )
+
+
+@dataclass(frozen=True)
+class PhaseInfo:
+    """What a measured phase means in the table (the orchestrator's view)."""
+
+    id: int
+    mechanism: Mechanism
+    backend: str
+    variant: str  # "" or "capacity"
+    placement: str
+    metric: str  # "rtt" or "tput"
+    chunk: int = 0
+    round: int = 0
+    rounds: int = 1
+
+    def describe(self) -> str:
+        what = "rtt" if self.metric == "rtt" else f"{_size(self.chunk)} throughput"
+        cap = ", 1 MiB capacity" if self.variant else ""
+        text = f"{self.mechanism.label} [{self.backend}{cap}] {what} {self.placement}"
+        if self.rounds > 1:
+            text += f" (round {self.round + 1}/{self.rounds})"
+        return text
+
+
+def _size(n: int) -> str:
+    return f"{n // MIB} MiB" if n >= MIB else f"{n // KIB} KiB"
+
+
+def build_blocks(
+    mech: Mechanism,
+    backend: str,
+    placements: list[Placement],
+    config: Config,
+    first_id: int,
+) -> tuple[list[list[dict[str, Any]]], list[PhaseInfo]]:
+    """The blocks of phases both processes of a group walk, and the measured
+    phases. Block ``k`` is round ``k // len(placements)`` in placement
+    ``placements[k % len(placements)]``, the same for every group."""
+    blocks: list[list[dict[str, Any]]] = []
+    infos: list[PhaseInfo] = []
+    for rnd in range(config.rounds):
+        for pl in placements:
+            block: list[dict[str, Any]] = []
+
+            def measured(
+                op: dict[str, Any],
+                variant: str,
+                metric: str,
+                chunk: int = 0,
+                *,
+                block: list[dict[str, Any]] = block,
+                place: str = pl.name,
+                rnd: int = rnd,
+            ) -> None:
+                op["id"] = first_id + len(infos)
+                block.append(op)
+                infos.append(
+                    PhaseInfo(
+                        op["id"],
+                        mech,
+                        backend,
+                        variant,
+                        place,
+                        metric,
+                        chunk,
+                        rnd,
+                        config.rounds,
+                    )
+                )
+
+            def throughput(variant: str) -> None:
+                for chunk in CHUNKS:
+                    total = config.tput_bytes[chunk] // chunk * chunk
+                    op = {
+                        "op": "tput",
+                        "chunk": chunk,
+                        "bytes": total,
+                        # a shorter first transfer, not timed, warms up
+                        "warmup_bytes": max(chunk, total // 4 // chunk * chunk),
+                        "reps": config.tput_reps,
+                    }
+                    measured(op, variant, "tput", chunk)
+
+            block.append(
+                {"op": "pin", "cpus": {"driver": pl.driver_cpu, "peer": pl.peer_cpu}}
+            )
+            if mech.capacity:
+                block.append({"op": "cap", "size": DEFAULT_CAPACITY})
+            # Throughput first: asyncio's pipe transport reads 256 KiB at a time,
+            # and glibc serves such buffers with mmap until a large free raises
+            # its threshold; without this order the asyncio peers' first round
+            # trips would run in another allocator state than the later ones.
+            if mech.throughput:
+                throughput("")
+            rtt = {"op": "rtt", "warmup": config.rtt_warmup, "n": config.rtt_count}
+            measured(rtt, "", "rtt")
+            if mech.capacity:
+                block.append({"op": "cap", "size": RAISED_CAPACITY})
+                throughput("capacity")
+            blocks.append(block)
+    return blocks, infos

@@ -1,0 +1,615 @@
+"""The ``aipc bench`` orchestrator: plans the groups, starts their processes,
+interleaves their measurement blocks, shows progress, cleans up, and hands the
+results to ``_report``.
+
+The orchestrator measures nothing itself. For every group it creates the kernel
+objects (pipes, eventfds, FIFOs in a private temporary directory), starts the
+peer and the driver with ``subprocess.Popen(..., pass_fds=...)`` in sessions of
+their own (so that Ctrl-C reaches only this process, which then kills them) and
+closes its own copies of the descriptors (so that each side sees end of stream
+when the other dies). All groups start together and wait, blocked, for their
+turn: the orchestrator then lets one driver at a time run one block (one round
+in one placement), rotating through the groups, so that a burst of load from
+elsewhere on the machine is shared by every row instead of spoiling one.
+Children are killed and reaped on any error, timeout or interrupt, and also die
+with this process if it is killed (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from . import _report
+from ._plan import (
+    BACKENDS,
+    MECHANISM_KEYS,
+    MECHANISMS,
+    REFERENCE_PEER,
+    Config,
+    Mechanism,
+    PhaseInfo,
+    Placement,
+    build_blocks,
+)
+
+__all__ = ["run"]
+
+_CHILD = "aipc._bench._child"
+
+
+@dataclass
+class Group:
+    """One mechanism on one loop, measured by one driver/peer pair."""
+
+    mechanism: Mechanism
+    backend: str  # the loop both processes run: asyncio, uvloop, trio, blocking
+    blocks: list[list[dict[str, Any]]]
+    infos: list[PhaseInfo]
+
+
+@dataclass
+class Outcome:
+    """What came back from one group."""
+
+    group: Group
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    hello: dict[str, Any] = field(default_factory=dict)
+    caps: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0  # time spent running its blocks
+
+
+class _Progress:
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def step(self, text: str) -> None:
+        self.done += 1
+        line = f"[{self.done}/{self.total}] {text}..."
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{line}")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def say(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _parse_mechanisms(value: str) -> list[str]:
+    keys = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [k for k in keys if k not in MECHANISM_KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"unknown mechanism {', '.join(unknown) or repr(value)}; "
+            f"choose from {','.join(MECHANISM_KEYS)}"
+        )
+    return keys
+
+
+def _parse_placements(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in ("cross-core", "same-core")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            "placement must be cross-core, same-core or both (comma-separated)"
+        )
+    return names
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``aipc bench`` options to ``parser``."""
+    parser.add_argument(
+        "--backend",
+        choices=[*BACKENDS, "all"],
+        default="asyncio",
+        help="the backend the aipc rows run on (default: asyncio); the peers "
+        "always run on their own loops",
+    )
+    parser.add_argument(
+        "--mechanism",
+        type=_parse_mechanisms,
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(MECHANISM_KEYS)} (default: all)",
+    )
+    parser.add_argument(
+        "--placement",
+        type=_parse_placements,
+        default=None,
+        metavar="LIST",
+        help="cross-core (processes pinned to two CPUs), same-core (both on one), "
+        "or both (default)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a very short run with few iterations (a smoke test, not a measurement)",
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", default=None, help="also write all results to FILE"
+    )
+
+
+def _placements(wanted: list[str] | None, notes: list[str]) -> list[Placement]:
+    wanted = wanted or ["cross-core", "same-core"]
+    cpus = sorted(os.sched_getaffinity(0))
+    out: list[Placement] = []
+    for name in wanted:
+        if name == "cross-core":
+            if len(cpus) < 2:
+                notes.append("cross-core skipped: this process may use only one CPU")
+                continue
+            out.append(Placement(name, cpus[0], cpus[1]))
+        else:
+            out.append(Placement(name, cpus[0], cpus[0]))
+    return out
+
+
+def _plan(
+    args: argparse.Namespace,
+    config: Config,
+    placements: list[Placement],
+    notes: list[str],
+) -> list[Group]:
+    backends = list(BACKENDS) if args.backend == "all" else [args.backend]
+    selected = set(args.mechanism or MECHANISM_KEYS)
+    available = {
+        mod: importlib.util.find_spec(mod) is not None for mod in ("uvloop", "trio")
+    }
+    for b in backends[:]:
+        if b in available and not available[b]:
+            notes.append(f"backend {b} skipped: {b} is not installed")
+            backends.remove(b)
+    groups: list[Group] = []
+    next_id = 0
+    for mech in MECHANISMS:
+        if mech.key not in selected:
+            continue
+        if mech.aipc:
+            loops = [b for b in backends if b in mech.backends]
+        else:
+            missing = [m for m in mech.requires if not available.get(m, True)]
+            if missing:
+                notes.append(
+                    f"{mech.label} skipped: {', '.join(missing)} not installed"
+                )
+                continue
+            assert mech.loop is not None
+            loops = [mech.loop]
+        for loop in loops:
+            blocks, infos = build_blocks(mech, loop, placements, config, next_id)
+            next_id += len(infos)
+            groups.append(Group(mech, loop, blocks, infos))
+    return groups
+
+
+# --------------------------------------------------------------------------
+# running one group
+
+
+class _Resources:
+    """The kernel objects of one group, as the orchestrator holds them."""
+
+    def __init__(self) -> None:
+        self.driver: dict[str, Any] = {}
+        self.peer: dict[str, Any] = {}
+        self.pass_driver: list[int] = []
+        self.pass_peer: list[int] = []
+        self._closers: list[Callable[[], object]] = []
+        self._removers: list[Callable[[], object]] = []
+
+    def on_close(self, fn: Callable[[], object]) -> None:
+        """Register how to close a descriptor (done once the children have it)."""
+        self._closers.append(fn)
+
+    def on_remove(self, fn: Callable[[], object]) -> None:
+        """Register how to remove a named object (done when the group ends)."""
+        self._removers.append(fn)
+
+    def close(self) -> None:
+        """Close the descriptors still held here (idempotent)."""
+        closers, self._closers = self._closers, []
+        for fn in reversed(closers):
+            try:
+                fn()
+            except OSError:
+                pass
+
+    def remove(self) -> None:
+        """Close everything and remove the named objects (idempotent)."""
+        self.close()
+        removers, self._removers = self._removers, []
+        for fn in reversed(removers):
+            try:
+                fn()
+            except OSError:
+                pass
+
+
+def _os_fd_closer(fd: int) -> Callable[[], None]:
+    closed = False
+
+    def close() -> None:
+        nonlocal closed
+        if not closed:
+            closed = True
+            os.close(fd)
+
+    return close
+
+
+def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
+    import aipc
+
+    res = _Resources()
+    family = group.mechanism.family
+    try:
+        ctl_r, ctl_w = os.pipe()
+        for fd in (ctl_r, ctl_w):
+            res.on_close(_os_fd_closer(fd))
+        res.driver["ctl"], res.peer["ctl"] = ctl_r, ctl_w
+        res.pass_driver.append(ctl_r)
+        res.pass_peer.append(ctl_w)
+
+        # driver -> peer is "a", peer -> driver is "b"
+        a_r: int
+        a_w: int
+        b_r: int
+        b_w: int
+        if family == "fifo":
+            ab = aipc.create_fifo(os.path.join(tmp, f"{index}-ab"))
+            res.on_remove(ab.unlink)
+            ba = aipc.create_fifo(os.path.join(tmp, f"{index}-ba"))
+            res.on_remove(ba.unlink)
+            res.driver.update(tx=ab.path, rx=ba.path)
+            res.peer.update(tx=ba.path, rx=ab.path)
+            return res
+        if family == "mp":
+            c1, c2 = multiprocessing.Pipe()
+            res.on_close(c1.close)
+            res.on_close(c2.close)
+            res.driver.update(tx=c1.fileno(), rx=c1.fileno())
+            res.peer.update(tx=c2.fileno(), rx=c2.fileno())
+            res.pass_driver.append(c1.fileno())
+            res.pass_peer.append(c2.fileno())
+            return res
+        if family == "eventfd":
+            e1 = aipc.EventFd()
+            res.on_close(e1.close)
+            e2 = aipc.EventFd()
+            res.on_close(e2.close)
+            a_w = a_r = e1.fileno()
+            b_w = b_r = e2.fileno()
+        elif family == "pipe":
+            ra, wa = aipc.create_pipe()
+            res.on_close(ra.close)
+            res.on_close(wa.close)
+            rb, wb = aipc.create_pipe()
+            res.on_close(rb.close)
+            res.on_close(wb.close)
+            a_r, a_w, b_r, b_w = ra.fileno(), wa.fileno(), rb.fileno(), wb.fileno()
+        else:
+            # raw, asyncio, trio: plain blocking pipes, as a user would have them;
+            # the loops' transports switch their own copies to non-blocking
+            a_r, a_w = os.pipe()
+            res.on_close(_os_fd_closer(a_r))
+            res.on_close(_os_fd_closer(a_w))
+            b_r, b_w = os.pipe()
+            res.on_close(_os_fd_closer(b_r))
+            res.on_close(_os_fd_closer(b_w))
+        res.driver.update(tx=a_w, rx=b_r)
+        res.peer.update(tx=b_w, rx=a_r)
+        res.pass_driver += sorted({a_w, b_r})
+        res.pass_peer += sorted({b_w, a_r})
+    except BaseException:
+        res.remove()
+        raise
+    return res
+
+
+def _spawn(
+    role: str,
+    group: Group,
+    fds: dict[str, Any],
+    pass_fds: list[int],
+    stdin: int,
+    stdout: int,
+    stderr: TextIO,
+) -> subprocess.Popen[bytes]:
+    spec = {
+        "role": role,
+        "family": group.mechanism.family,
+        "loop": group.backend,
+        "parent_pid": os.getpid(),
+        "blocks": group.blocks,
+        **fds,
+    }
+    env = dict(os.environ)
+    # every row means what its label says, whatever the caller's environment
+    env.pop("AIPC_GENERIC_WAIT", None)
+    env.update(group.mechanism.env)
+    return subprocess.Popen(
+        [sys.executable, "-m", _CHILD, json.dumps(spec)],
+        pass_fds=pass_fds,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _kill(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a zombie that won't die
+        pass
+
+
+def _tail(path: str, lines: int = 12) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read().strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+class _Live:
+    """One group's running pair of processes, as the orchestrator drives it."""
+
+    def __init__(self, group: Group, index: int, tmp: str) -> None:
+        self.group = group
+        self.outcome = Outcome(group)
+        self.infos = {info.id: info for info in group.infos}
+        self.err_driver = os.path.join(tmp, f"{index}-driver.err")
+        self.err_peer = os.path.join(tmp, f"{index}-peer.err")
+        self.peer: subprocess.Popen[bytes] | None = None
+        self.driver: subprocess.Popen[bytes] | None = None
+        self._buf = b""
+        self.res = _make_resources(group, tmp, index)
+        try:
+            with open(self.err_peer, "w") as ep, open(self.err_driver, "w") as ed:
+                self.peer = _spawn(
+                    "peer",
+                    group,
+                    self.res.peer,
+                    self.res.pass_peer,
+                    subprocess.DEVNULL,
+                    subprocess.DEVNULL,
+                    ep,
+                )
+                self.driver = _spawn(
+                    "driver",
+                    group,
+                    self.res.driver,
+                    self.res.pass_driver,
+                    subprocess.PIPE,
+                    subprocess.PIPE,
+                    ed,
+                )
+        except BaseException:
+            self.stop()
+            raise
+        # from now on only the children hold the descriptors
+        self.res.close()
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.outcome.error)
+
+    def fail(self, error: str) -> None:
+        if not self.outcome.error:
+            self.outcome.error = error
+        self.stop()
+
+    def go(self) -> bool:
+        """Let the driver run its next block."""
+        assert self.driver is not None
+        assert self.driver.stdin is not None
+        try:
+            self.driver.stdin.write(b"go\n")
+            self.driver.stdin.flush()
+        except BrokenPipeError:
+            self.fail("the driver exited early")
+            return False
+        return True
+
+    def wait_for(self, kind: str, timeout: float, progress: _Progress) -> bool:
+        """Read the driver's events until one of ``kind``; False on failure."""
+        assert self.driver is not None
+        assert self.driver.stdout is not None
+        assert self.peer is not None
+        out_fd = self.driver.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                event = json.loads(line)
+                if self._handle(event, progress) == kind:
+                    return True
+            ready, _, _ = select.select([out_fd], [], [], 0.25)
+            if ready:
+                chunk = os.read(out_fd, 1 << 16)
+                if not chunk:
+                    status = self.driver.wait()
+                    self.fail(f"the driver exited with status {status}")
+                    return False
+                self._buf += chunk
+                continue
+            if self.peer.poll() is not None:
+                self.fail(f"the peer exited with status {self.peer.returncode}")
+                return False
+            if time.monotonic() > deadline:
+                self.fail(f"no answer from the driver within {timeout:.0f} s")
+                return False
+
+    def _handle(self, event: dict[str, Any], progress: _Progress) -> str:
+        kind = str(event.pop("event"))
+        out = self.outcome
+        if kind == "start":
+            progress.step(self.infos[event["id"]].describe())
+        elif kind == "result":
+            out.results[event.pop("id")] = event
+        elif kind == "hello":
+            out.hello = event
+        elif kind == "cap":
+            out.caps.append(event)
+        return kind
+
+    def finish(self, timeout: float) -> None:
+        """After the last block: both processes should exit on their own."""
+        if self.failed:
+            return
+        assert self.driver is not None
+        assert self.peer is not None
+        try:
+            status = self.driver.wait(timeout=timeout)
+            pstatus = self.peer.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.fail("a child did not exit after the last block")
+            return
+        if status != 0:
+            self.fail(f"the driver exited with status {status}")
+        elif pstatus != 0:
+            self.fail(f"the peer exited with status {pstatus}")
+        else:
+            self.stop()
+
+    def stop(self) -> None:
+        """Kill and reap both processes, close and remove everything (idempotent)."""
+        _kill(self.driver)
+        _kill(self.peer)
+        for proc in (self.driver, self.peer):
+            if proc is not None:
+                for f in (proc.stdin, proc.stdout):
+                    if f is not None:
+                        try:
+                            f.close()
+                        except BrokenPipeError:
+                            pass
+        self.res.remove()
+        if self.outcome.error and "\n" not in self.outcome.error:
+            details = [t for t in (_tail(self.err_driver), _tail(self.err_peer)) if t]
+            if details:
+                self.outcome.error += "\n" + "\n".join(details)
+
+
+def _measure(
+    groups: list[Group],
+    tmp: str,
+    config: Config,
+    progress: _Progress,
+    lives: list[_Live],
+) -> None:
+    """Start every group, then run block k of every group, for each k in turn."""
+    for index, group in enumerate(groups):
+        lives.append(_Live(group, index, tmp))
+    for live in lives:
+        live.wait_for("ready", config.start_timeout, progress)
+    nblocks = len(groups[0].blocks)
+    for k in range(nblocks):
+        # rotate the order, so that no row always follows the same neighbour
+        shift = k % len(lives)
+        for live in lives[shift:] + lives[:shift]:
+            if live.failed:
+                continue
+            t0 = time.perf_counter()
+            if live.go():
+                live.wait_for("done", config.block_timeout, progress)
+            live.outcome.seconds += time.perf_counter() - t0
+            if live.failed:
+                g = live.group
+                first = live.outcome.error.splitlines()[0]
+                progress.say(f"{g.mechanism.label} [{g.backend}] failed: {first}")
+    for live in lives:
+        if live.driver is not None and live.driver.stdin is not None:
+            try:
+                live.driver.stdin.close()
+            except BrokenPipeError:
+                pass
+    for live in lives:
+        live.finish(30.0)
+
+
+# --------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``aipc bench`` with parsed ``args``; return the exit status."""
+    started = time.perf_counter()
+    config = Config.quick() if args.quick else Config.default()
+    notes: list[str] = []
+    placements = _placements(args.placement, notes)
+    if not placements:
+        print("aipc bench: no CPU placement can run here", file=sys.stderr)
+        return 2
+    groups = _plan(args, config, placements, notes)
+    if not groups:
+        print("aipc bench: nothing to measure", file=sys.stderr)
+        for note in notes:
+            print(f"  {note}", file=sys.stderr)
+        return 2
+    machine = _report.machine_info(placements, config.rounds)
+    progress = _Progress(sum(len(g.infos) for g in groups), sys.stderr)
+    progress.say(
+        f"aipc bench: starting {2 * len(groups)} processes "
+        f"({len(groups)} mechanism/loop pairs)"
+    )
+    lives: list[_Live] = []
+    interrupted = False
+    tmp = tempfile.mkdtemp(prefix="aipc-bench-")
+    try:
+        _measure(groups, tmp, config, progress, lives)
+    except KeyboardInterrupt:
+        interrupted = True
+        progress.say("interrupted: children killed, temporary files removed")
+    finally:
+        for live in lives:
+            live.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        progress.finish()
+    seconds = time.perf_counter() - started
+    outcomes = [live.outcome for live in lives]
+    rows = _report.build_rows(outcomes, placements, REFERENCE_PEER)
+    notes += _report.outcome_notes(outcomes)
+    print(_report.format_table(rows, machine, notes, seconds, args))
+    if args.json:
+        _report.write_json(
+            args.json, rows, outcomes, machine, notes, seconds, args, config
+        )
+    if interrupted:
+        return 130
+    return 1 if any(o.error for o in outcomes) else 0
