@@ -30,7 +30,8 @@ import stat
 import sys
 import threading
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 import sniffio
@@ -76,10 +77,31 @@ async def _trio_wait(fd: int, readable: bool) -> None:
         ) from None
 
 
-class _Watcher:
-    """A persistent asyncio/uvloop reader or writer registration for one fd."""
+_CLOSED: Any = object()
+T = TypeVar("T")
 
-    __slots__ = ("fd", "loop", "readable", "registered", "thread", "waiter")
+
+class _Watcher:
+    """A persistent asyncio/uvloop reader or writer registration for one fd.
+
+    A waiter may hand over an *attempt* (the non-blocking syscall it wants to
+    make). The callback makes it on the waiter's behalf: the result goes to the
+    waiter, and ``EAGAIN`` (readiness that went stale: on asyncio the callback
+    may run on a select() result taken before the data was consumed) just keeps
+    it waiting instead of waking the task for nothing. Nothing is ever taken
+    from the kernel unless a task is waiting for it.
+    """
+
+    __slots__ = (
+        "attempt",
+        "fd",
+        "idle",
+        "loop",
+        "readable",
+        "registered",
+        "thread",
+        "waiter",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, readable: bool):
         self.loop = loop
@@ -87,20 +109,41 @@ class _Watcher:
         self.fd = fd
         self.readable = readable
         self.registered = False
-        self.waiter: asyncio.Future[bool] | None = None
+        self.idle = 0
+        self.waiter: asyncio.Future[Any] | None = None
+        self.attempt: Callable[[], Any] | None = None
 
     def _fire(self) -> None:
         waiter = self.waiter
-        if waiter is None:
-            # Ready with nobody waiting: unregister now, or the level-triggered
-            # selector would call us on every loop iteration until someone reads.
-            self.unregister()
+        if waiter is None or waiter.done():
+            # Ready with nobody waiting. On asyncio the task woken by the previous
+            # fire only runs in the next loop iteration, after a select() that
+            # still reports the fd (its data is not read yet): that first idle
+            # fire is expected and costs nothing. A second one in a row means
+            # nobody is reading: unregister, or the level-triggered selector
+            # would call us on every iteration until someone does.
+            self.idle += 1
+            if self.idle >= 2:
+                self.unregister()
             return
-        self.waiter = None
-        if not waiter.done():
-            waiter.set_result(True)
+        self.idle = 0
+        attempt = self.attempt
+        if attempt is None:
+            result: Any = True
+        else:
+            try:
+                result = attempt()
+            except BlockingIOError:
+                return  # stale readiness: keep waiting
+            except BaseException as exc:
+                self.waiter = self.attempt = None
+                waiter.set_exception(exc)
+                return
+        self.waiter = self.attempt = None
+        waiter.set_result(result)
 
     def unregister(self) -> None:
+        self.idle = 0
         if self.registered:
             self.registered = False
             if self.readable:
@@ -108,13 +151,18 @@ class _Watcher:
             else:
                 self.loop.remove_writer(self.fd)
 
-    async def wait(self) -> None:
+    async def wait(
+        self,
+        attempt: Callable[[], T] | None,
+        keep: Callable[[T], None] | None,
+    ) -> Any:
         if self.waiter is not None:
             raise anyio.BusyResourceError(
                 "reading from" if self.readable else "writing to"
             )
         waiter = self.loop.create_future()
         self.waiter = waiter
+        self.attempt = attempt
         if not self.registered:
             if self.readable:
                 self.loop.add_reader(self.fd, self._fire)
@@ -122,18 +170,32 @@ class _Watcher:
                 self.loop.add_writer(self.fd, self._fire)
             self.registered = True
         try:
-            ok = await waiter
+            result = await waiter
+        except BaseException:
+            # Cancelled after the callback made the attempt for us (a plain
+            # task.cancel() can land between the fire and the task's resumption):
+            # hand the result back so that nothing is lost.
+            if (
+                keep is not None
+                and waiter.done()
+                and not waiter.cancelled()
+                and waiter.exception() is None
+                and waiter.result() is not _CLOSED
+            ):
+                keep(waiter.result())
+            raise
         finally:
             if self.waiter is waiter:
-                self.waiter = None
-        if not ok:
+                self.waiter = self.attempt = None
+        if result is _CLOSED:
             raise anyio.ClosedResourceError
+        return result
 
     def close(self) -> None:
         """Wake the waiter with ClosedResourceError and drop the registration."""
-        waiter, self.waiter = self.waiter, None
+        waiter, self.waiter, self.attempt = self.waiter, None, None
         if waiter is not None and not waiter.done():
-            waiter.set_result(False)
+            waiter.set_result(_CLOSED)
         self.unregister()
 
 
@@ -216,37 +278,60 @@ class FdHandle:
 
     async def wait_readable(self) -> None:
         """Wait until the fd is readable (``ClosedResourceError`` if closed)."""
-        fd = self._fd
-        if fd < 0:
-            raise anyio.ClosedResourceError
-        lib = sniffio.current_async_library()
-        if _GENERIC_WAIT or lib != "asyncio":
-            if lib == "trio" and not _GENERIC_WAIT and _trio is not None:
-                await _trio_wait(fd, True)
-            else:
-                await anyio.wait_readable(fd)
-            return
-        watcher = self._rwatch
-        if not _current(watcher):
-            watcher = self._rwatch = _Watcher(asyncio.get_running_loop(), fd, True)
-        await watcher.wait()
+        await self._wait(True, None, None)
 
     async def wait_writable(self) -> None:
         """Wait until the fd is writable (``ClosedResourceError`` if closed)."""
+        await self._wait(False, None, None)
+
+    async def read_when_ready(
+        self, attempt: Callable[[], T], keep: Callable[[T], None] | None = None
+    ) -> T:
+        """Wait for readability and return ``attempt()``, a non-blocking read.
+
+        ``attempt`` raising ``BlockingIOError`` means "not yet": the wait goes
+        on. Its other exceptions propagate. On asyncio/uvloop the attempt is
+        made from the loop callback; should the task be cancelled after it
+        succeeded, ``keep`` receives the result so that nothing is lost.
+        """
+        result: T = await self._wait(True, attempt, keep)
+        return result
+
+    async def _wait(
+        self,
+        readable: bool,
+        attempt: Callable[[], T] | None,
+        keep: Callable[[T], None] | None,
+    ) -> Any:
         fd = self._fd
         if fd < 0:
             raise anyio.ClosedResourceError
         lib = sniffio.current_async_library()
-        if _GENERIC_WAIT or lib != "asyncio":
+        if lib == "asyncio" and not _GENERIC_WAIT:
+            watcher = self._rwatch if readable else self._wwatch
+            if not _current(watcher):
+                watcher = _Watcher(asyncio.get_running_loop(), fd, readable)
+                if readable:
+                    self._rwatch = watcher
+                else:
+                    self._wwatch = watcher
+            assert watcher is not None
+            return await watcher.wait(attempt, keep)
+        while True:
             if lib == "trio" and not _GENERIC_WAIT and _trio is not None:
-                await _trio_wait(fd, False)
+                await _trio_wait(fd, readable)
+            elif readable:
+                await anyio.wait_readable(fd)
             else:
                 await anyio.wait_writable(fd)
-            return
-        watcher = self._wwatch
-        if not _current(watcher):
-            watcher = self._wwatch = _Watcher(asyncio.get_running_loop(), fd, False)
-        await watcher.wait()
+            if attempt is None:
+                return True
+            if self._fd < 0:
+                raise anyio.ClosedResourceError
+            try:
+                return attempt()
+            except BlockingIOError:
+                continue
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"

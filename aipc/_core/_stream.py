@@ -14,6 +14,7 @@ import errno
 import os
 import signal
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
@@ -100,6 +101,10 @@ class FdReceiveStream(ByteReceiveStream):
         """Byte, call, syscall and wait counters of this end."""
         return StreamStatistics(self._bytes, self._ops, self._syscalls, self._waits)
 
+    def _keep(self, data: bytes) -> None:
+        # a read completed for a receive that was cancelled before it returned
+        self._pending = data + self._pending
+
     def _at_eof(self) -> bool:
         """Called when read() returned b"": is this really the end of the stream?"""
         return True
@@ -138,11 +143,15 @@ class FdReceiveStream(ByteReceiveStream):
                         await checkpoint()
                     raise anyio.ClosedResourceError
                 try:
-                    data = os.read(fd, max_bytes)
+                    if waited:
+                        data = await handle.read_when_ready(
+                            partial(os.read, fd, max_bytes), self._keep
+                        )
+                    else:
+                        data = os.read(fd, max_bytes)
                 except BlockingIOError:
                     self._waits += 1
                     waited = True
-                    await handle.wait_readable()
                     continue
                 except OSError as exc:
                     raise translate_os_error(
@@ -153,7 +162,6 @@ class FdReceiveStream(ByteReceiveStream):
                 # not the end yet (a FIFO that has not had a writer): wait
                 self._waits += 1
                 waited = True
-                await handle.wait_readable()
             if not waited:
                 try:
                     await checkpoint()
