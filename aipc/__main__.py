@@ -10,10 +10,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aipc`` console script and ``python -m aipc``."""
     parser = argparse.ArgumentParser(prog="aipc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="measure every mechanism beside its peers")
-    from ._bench import add_arguments
+    bench = sub.add_parser(
+        "bench",
+        help="measure every mechanism beside its peers",
+        description="Round-trip latency and throughput of each aipc mechanism "
+        "between two real processes, beside the peers measured in the same run.",
+    )
+    if "bench" in (sys.argv[1:] if argv is None else argv):
+        from ._bench import add_arguments
 
-    add_arguments(bench)
+        add_arguments(bench)
     sub.add_parser("objects", help="list named kernel objects aipc created")
     clean = sub.add_parser(
         "clean", help="remove named objects whose creating process is dead"

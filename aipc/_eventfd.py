@@ -9,15 +9,13 @@ from anyio.abc import AsyncResource
 from ._core._fd import reopen_private_nonblocking
 from ._core._notifier import (
     EVENTFD_MAX,
+    EventFdStatistics,
     Notifier,
-    NotifierStatistics,
     _fdinfo_semaphore,
     _is_eventfd,
 )
 
 __all__ = ["EVENTFD_MAX", "EventFd", "EventFdStatistics"]
-
-EventFdStatistics = NotifierStatistics
 
 
 class EventFd(Notifier, AsyncResource):

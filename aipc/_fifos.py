@@ -154,7 +154,13 @@ class Fifo(AsyncResource):
         await checkpoint()
 
     def __repr__(self) -> str:
-        return f"<Fifo {self.path!r} {'owned' if self.owned else 'attached'}>"
+        if self.owned:
+            state = "owned"
+        elif self._node is not None:
+            state = "closed"
+        else:
+            state = "attached"
+        return f"<Fifo {self.path!r} {state}>"
 
 
 def create_fifo(
@@ -181,7 +187,9 @@ def create_fifo(
         ValueError: ``mode`` has bits outside 0o777.
     """
     p = os.path.abspath(_fspath(path))
-    if not isinstance(mode, int) or not 0 <= mode <= 0o777:
+    if not isinstance(mode, int) or isinstance(mode, bool):
+        raise TypeError(f"mode must be an int, not {type(mode).__name__}")
+    if not 0 <= mode <= 0o777:
         raise ValueError(f"mode must be a permission mask within 0o777, got {mode!r}")
     try:
         os.mkfifo(p, 0o600 & mode)
@@ -297,8 +305,9 @@ async def open_fifo_receiver(
     Raises ``FileNotFoundError`` and :class:`NotAFifoError`.
 
     **Cancellation:** nothing stays open. A cancelled ``wait_for_writer`` is
-    interrupted by opening the FIFO's write side for an instant, which a writer
-    process blocked in its own open may notice as a reader that came and went.
+    interrupted by opening the FIFO for writing for an instant: another reader
+    of the same FIFO that is not ``keep_open`` may see a writer come and go
+    (and so an end of stream).
     """
     p = _fspath(path)
     _check_fifo(p)
@@ -306,7 +315,9 @@ async def open_fifo_receiver(
         fd = await open_interruptible(
             p,
             os.O_RDONLY | os.O_CLOEXEC,
-            lambda: os.open(p, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC),
+            # O_RDWR never fails with ENXIO, even before the worker thread has
+            # entered its open(); it stays open until that open has returned
+            lambda: os.open(p, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC),
         )
         _verify_opened(fd, p)
         _set_nonblocking(fd)
@@ -335,7 +346,9 @@ async def open_fifo_sender(path: str | os.PathLike[str]) -> FifoSendStream:
 
     Raises ``FileNotFoundError`` and :class:`NotAFifoError`.
 
-    **Cancellation:** nothing stays open; see :func:`open_fifo_receiver`.
+    **Cancellation:** nothing stays open. A cancelled wait is interrupted by
+    opening the FIFO for reading for an instant: another writer blocked in its
+    own open may see a reader come and go (and then ``BrokenResourceError``).
     """
     p = _fspath(path)
     _check_fifo(p)

@@ -264,3 +264,24 @@ async def test_unlink_on_close(fifo_dir: Path) -> None:
     assert not fifo.unlink()  # no longer ours to judge: closed
     os.unlink(fifo.path)
     _registry.unregister("fifo", fifo.path)
+
+
+async def test_cancel_racing_the_open_never_hangs(fifo_dir: Path) -> None:
+    # The interrupt must work even before the worker thread has entered its
+    # blocking open(): cancel at once, and from a sibling right after the start.
+    fifo = aipc.create_fifo(fifo_dir / "f")
+    try:
+        with anyio.fail_after(10):
+            for i in range(20):
+                with anyio.CancelScope() as scope:
+                    if i % 2:
+                        scope.cancel()
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(
+                            lambda: fifo.open_receiver(wait_for_writer=True)
+                        )
+                        await anyio.lowlevel.checkpoint()
+                        scope.cancel()
+                assert scope.cancelled_caught or scope.cancel_called
+    finally:
+        fifo.unlink()

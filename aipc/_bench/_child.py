@@ -62,7 +62,11 @@ class _Ctx:
             sys.stdout.flush()
 
     def wait_go(self) -> bool:
-        """Driver: wait for the orchestrator's go-ahead; False means stop."""
+        """Driver: wait for the orchestrator's go-ahead; False means stop.
+
+        This blocks the event loop, on purpose: between blocks nothing else
+        runs in this process, and the peer is blocked waiting for us.
+        """
         return sys.stdin.readline().strip() == "go"
 
     def pin(self, phase: dict[str, Any]) -> None:

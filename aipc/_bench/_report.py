@@ -277,12 +277,12 @@ def format_table(
         "rtt: < 1 is faster, GB/s: > 1 is faster.",
         f"(1 MiB capacity): F_SETPIPE_SZ {RAISED_CAPACITY} on the data pipe; "
         "other pipe rows use the default 64 KiB.",
-        "cross-core: the two processes pinned to CPUs "
+        "CPUs (driver, peer): "
         + ", ".join(
-            f"{p['name']}={p['driver_cpu']},{p['peer_cpu']}"
+            f"{p['name']} {p['driver_cpu']},{p['peer_cpu']}"
             for p in machine["placements"]
         )
-        + f"; load average at start {machine['loadavg']}.",
+        + f"; load average at start: {machine['loadavg']}.",
     ]
     used = {r.mechanism for r in rows}
     for m in MECHANISMS:

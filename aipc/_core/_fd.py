@@ -13,10 +13,14 @@ that makes a concurrent waiter safe and a recycled fd number harmless:
 
 Readiness on asyncio and uvloop uses a *persistent* registration: the reader
 callback stays installed while the fd is in use and is removed lazily, the
-first time it fires with nobody waiting (the loops' selectors are
-level-triggered, so leaving it installed then would spin). anyio's generic
-``wait_readable`` installs and removes the callback on every wait, which costs
-two ``epoll_ctl`` calls and, on uvloop, a poll handle allocation per message;
+second time in a row it fires with nobody waiting (the loops' selectors are
+level-triggered, so leaving it installed then would spin). A waiting receive
+hands its read to the callback, so stale readiness never wakes a task for
+nothing. aipc owns the registration: do not wait on an aipc object's
+``fileno()`` with ``anyio.wait_readable`` or ``loop.add_reader`` yourself.
+anyio's generic ``wait_readable`` installs and removes the callback on every
+wait, which costs two ``epoll_ctl`` calls and, on uvloop, a poll handle
+allocation per message;
 ``aipc bench`` shows the difference (``AIPC_GENERIC_WAIT=1`` switches back).
 On trio the backend's own wait is used: trio already keeps epoll registrations
 between waits.
@@ -37,10 +41,12 @@ import anyio
 import sniffio
 from anyio.lowlevel import checkpoint as _anyio_checkpoint
 
-try:
-    import trio as _trio
-except ImportError:  # pragma: no cover - trio is optional
-    _trio = None  # type: ignore[assignment]
+
+def _trio() -> Any:
+    # trio is imported by whoever runs trio.run(); importing it here eagerly
+    # would cost asyncio-only users ~100 ms at start-up
+    return sys.modules["trio"]
+
 
 __all__ = ["FdHandle", "checkpoint", "reopen_private_nonblocking"]
 
@@ -56,22 +62,22 @@ async def checkpoint() -> None:
     lib = sniffio.current_async_library()
     if lib == "asyncio":
         await asyncio.sleep(0)
-    elif lib == "trio" and _trio is not None:
-        await _trio.lowlevel.checkpoint()
+    elif lib == "trio":
+        await _trio().lowlevel.checkpoint()
     else:  # pragma: no cover - another anyio backend
         await _anyio_checkpoint()
 
 
 async def _trio_wait(fd: int, readable: bool) -> None:
-    assert _trio is not None
+    trio = _trio()
     try:
         if readable:
-            await _trio.lowlevel.wait_readable(fd)
+            await trio.lowlevel.wait_readable(fd)
         else:
-            await _trio.lowlevel.wait_writable(fd)
-    except _trio.ClosedResourceError:
+            await trio.lowlevel.wait_writable(fd)
+    except trio.ClosedResourceError:
         raise anyio.ClosedResourceError from None
-    except _trio.BusyResourceError:
+    except trio.BusyResourceError:
         raise anyio.BusyResourceError(
             "reading from" if readable else "writing to"
         ) from None
@@ -318,7 +324,7 @@ class FdHandle:
             assert watcher is not None
             return await watcher.wait(attempt, keep)
         while True:
-            if lib == "trio" and not _GENERIC_WAIT and _trio is not None:
+            if lib == "trio" and not _GENERIC_WAIT:
                 await _trio_wait(fd, readable)
             elif readable:
                 await anyio.wait_readable(fd)

@@ -16,14 +16,14 @@ import anyio
 from ._errors import EventFdOverflowError, translate_os_error
 from ._fd import FdHandle, checkpoint
 
-__all__ = ["EVENTFD_MAX", "Notifier", "NotifierStatistics"]
+__all__ = ["EVENTFD_MAX", "Notifier", "EventFdStatistics"]
 
 #: The largest value an eventfd counter can hold.
 EVENTFD_MAX = 2**64 - 2
 
 
 @dataclass(frozen=True)
-class NotifierStatistics:
+class EventFdStatistics:
     """Counters of one eventfd handle (this process's view).
 
     Attributes:
@@ -151,8 +151,9 @@ class Notifier:
         unit and returns 1.
 
         Raises ``ClosedResourceError`` if the handle is or gets closed and
-        ``BusyResourceError`` if another task of this handle is waiting (open a
-        second handle with :meth:`dup`-style hand-off for several waiters).
+        ``BusyResourceError`` if another task is waiting on this handle (for
+        several waiters, give each its own handle:
+        ``EventFd.from_fd(os.dup(efd.fileno()), semaphore=efd.semaphore)``).
 
         **Cancellation:** nothing is taken: the counter is read only by a wait
         that returns.
@@ -185,17 +186,20 @@ class Notifier:
                 try:
                     await checkpoint()
                 except BaseException:
-                    # put back what we took so that a cancelled wait takes nothing
-                    os.eventfd_write(fd, value)
+                    # put back what we took so that a cancelled wait takes nothing;
+                    # if the handle was closed meanwhile, the number may belong to
+                    # another file now: the count goes with the closed handle
+                    if handle.fd == fd:
+                        os.eventfd_write(fd, value)
                     raise
             self._waits_completed += 1
             return value
         finally:
             self._waiting = False
 
-    def statistics(self) -> NotifierStatistics:
+    def statistics(self) -> EventFdStatistics:
         """Counters of this handle (no syscall)."""
-        return NotifierStatistics(self._sets, self._waits_completed, self._sleeps)
+        return EventFdStatistics(self._sets, self._waits_completed, self._sleeps)
 
     def close(self) -> None:
         """Close this handle (idempotent); a waiting task gets ClosedResourceError."""

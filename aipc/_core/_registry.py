@@ -165,7 +165,8 @@ def clean(*, dry_run: bool = False) -> list[NamedObject]:
         if obj.owner_alive:
             continue
         if dry_run:
-            removed.append(obj)
+            if obj.exists():
+                removed.append(obj)
             continue
         if obj.exists():
             remover = _REMOVERS.get(obj.kind)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -52,17 +53,18 @@ def _check_max_bytes(max_bytes: int) -> int:
     return max_bytes
 
 
+# the raw C getsignal: signal.getsignal's enum conversion costs ~1 µs per call
+_getsignal: Callable[[int], object] = getattr(signal, "_signal").getsignal  # noqa: B009
+
+
 def _sigpipe_would_kill() -> bool:
     # CPython ignores SIGPIPE at start-up, so a write to a pipe without readers
     # fails with EPIPE. An embedding application (or code that restored SIG_DFL)
     # may have changed that; then the write must run with SIGPIPE blocked.
-    try:
-        return signal.getsignal(signal.SIGPIPE) != signal.SIG_IGN
-    except ValueError:
-        return True
+    return _getsignal(signal.SIGPIPE) != signal.SIG_IGN
 
 
-def _write_blocking_sigpipe(fd: int, data: memoryview) -> int:
+def _write_blocking_sigpipe(fd: int, data: bytes | bytearray | memoryview) -> int:
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
     try:
         return os.write(fd, data)
@@ -238,8 +240,13 @@ class FdSendStream(ByteSendStream):
                 raise anyio.BrokenResourceError(
                     f"the other end of the {handle.what} is gone"
                 )
-            view = memoryview(item).cast("B")
-            if not view:
+            # bytes and bytearray go to write() as they are; anything else is
+            # viewed as bytes (a memoryview's len() counts items, not bytes)
+            data: bytes | bytearray | memoryview = (
+                item if type(item) in (bytes, bytearray) else memoryview(item).cast("B")
+            )
+            remaining = len(data)
+            if not remaining:
                 return
             guard = _sigpipe_would_kill()
             while True:
@@ -248,9 +255,9 @@ class FdSendStream(ByteSendStream):
                     raise anyio.ClosedResourceError
                 try:
                     if guard:
-                        n = _write_blocking_sigpipe(fd, view)
+                        n = _write_blocking_sigpipe(fd, data)
                     else:
-                        n = os.write(fd, view)
+                        n = os.write(fd, data)
                 except BlockingIOError:
                     self._waits += 1
                     await handle.wait_writable()
@@ -263,9 +270,10 @@ class FdSendStream(ByteSendStream):
                     ) from exc
                 self._bytes += n
                 self._syscalls += 1
-                if n == len(view):
+                if n == remaining:
                     break
-                view = view[n:]
+                remaining -= n
+                data = memoryview(data)[n:]
             self._ops += 1
         finally:
             self._sending = False
@@ -276,6 +284,9 @@ class FdSendStream(ByteSendStream):
         Raises ``ClosedResourceError`` if this end is or gets closed.
         **Cancellation:** nothing to undo.
         """
+        # a cancel point even when the fd is writable at once (the loop could
+        # report it before a pending cancellation is delivered)
+        await anyio.lowlevel.checkpoint_if_cancelled()
         handle = self._handle
         if handle.fd < 0:
             await checkpoint()
