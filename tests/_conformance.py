@@ -11,9 +11,11 @@ and concurrency uses anyio task groups, cancel scopes and
 Beyond trio's checker it checks what aipc promises (DESIGN.md, contract 3, "a
 cancelled operation did not happen"): a send cancelled before it ran, or while
 it waited with a small item, wrote nothing; a receive cancelled after it read
-keeps the bytes for the next receive; error paths (closed, broken, end of
-stream) are checkpoints too; ``EndOfStream`` repeats; a large transfer is
-byte-exact.
+keeps the bytes for the next receive, also when the cancellation races the
+arrival of data (with anyio cancel scopes on every backend, and with a plain
+``Task.cancel()`` on asyncio, which can land after the loop completed the
+task's wait); error paths (closed, broken, end of stream) are checkpoints too;
+``EndOfStream`` repeats; a large transfer is byte-exact.
 
 **Makers.** A *stream maker* is an async callable returning a connected
 ``(send_stream, receive_stream)`` pair. The suite assumes the stream buffers
@@ -583,6 +585,121 @@ async def check_cancel_blocked_send(
                 await s.wait_writable()  # type: ignore[attr-defined]
         await _aclose(s)
         assert MARKER not in await _drain(r), "the cancelled send wrote its data"
+
+
+async def _rest_of(r: ByteReceiveStream, chunk: bytes, got: bytes, what: str) -> None:
+    """After a receive that raced a cancellation and returned ``got`` (b"" if it
+    was cancelled): the rest of ``chunk`` must be there for the next receives."""
+    while len(got) < len(chunk):
+        # only waits if bytes were lost, and then fails
+        with anyio.move_on_after(5) as scope:
+            got += await r.receive(16)
+        if scope.cancelled_caught:
+            raise AssertionError(f"{what}: sent {chunk!r}, received only {got!r}")
+    assert got == chunk, f"{what}: sent {chunk!r}, received {got!r}"
+
+
+@_check
+async def check_cancel_racing_receive(
+    make: StreamMaker, make_clogged: StreamMaker | None
+) -> None:
+    """A blocked receive cancelled at varying moments around the arrival of
+    data (0 to 3 scheduling rounds after the send): whatever the timing, every
+    byte arrives exactly once and in order, through that receive or the next."""
+    async with _pair(make) as (s, r):
+
+        async def receive_some(
+            got: list[bytes],
+            *,
+            task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        ) -> None:
+            task_status.started()
+            got.append(await r.receive(16))
+
+        for i in range(32):
+            chunk = bytes([i]) * (1 + i % 5)
+            got: list[bytes] = []
+
+            async with anyio.create_task_group() as tg:
+                # the receive runs on from started() until it blocks (no need to
+                # wait until every task is blocked: any timing must be correct)
+                await tg.start(receive_some, got)
+                await s.send(chunk)
+                for _ in range(i % 4):
+                    await anyio.lowlevel.checkpoint()
+                tg.cancel_scope.cancel()
+            await _rest_of(r, chunk, b"".join(got), f"round {i}")
+
+
+@_check
+async def check_cancel_racing_receive_plain_asyncio(
+    make: StreamMaker, make_clogged: StreamMaker | None
+) -> None:
+    """asyncio only: a receive cancelled by a plain ``Task.cancel()`` (as
+    ``asyncio.timeout`` and ``wait_for`` do) at varying moments around the
+    arrival of data loses nothing.
+
+    Unlike an anyio cancel scope, which waits until the task is really blocked,
+    a plain cancel can land after the loop completed the task's wait and before
+    the task ran: one scheduling round after the send, ``loop.call_soon`` puts
+    it right behind the loop's readiness callback."""
+    if sniffio.current_async_library() != "asyncio":
+        return
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    async with _pair(make) as (s, r):
+        for i in range(32):
+            chunk = bytes([i]) * (1 + i % 5)
+            task = loop.create_task(r.receive(16))
+            await asyncio.sleep(0)  # the task runs until it blocks
+            await s.send(chunk)
+            for _ in range(i % 4):
+                await asyncio.sleep(0)
+            loop.call_soon(task.cancel)
+            await asyncio.wait({task})
+            got = b"" if task.cancelled() else task.result()
+            await _rest_of(r, chunk, got, f"round {i}")
+
+
+@_check
+async def check_cancel_racing_send(
+    make: StreamMaker, make_clogged: StreamMaker | None
+) -> None:
+    """A small send blocked on a clogged stream, cancelled at varying moments
+    after the receiver made room: it was written whole if and only if it
+    returned."""
+    if make_clogged is None:
+        return
+    for room in (1, 4096, 65536):
+        for rounds in range(4):
+            async with _pair(make_clogged) as (s, r):
+                completed = False
+                received = bytearray()
+
+                async def send_marker(
+                    *,
+                    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+                ) -> None:
+                    nonlocal completed
+                    task_status.started()
+                    await s.send(MARKER)
+                    completed = True
+
+                async with anyio.create_task_group() as tg:
+                    await tg.start(send_marker)
+                    received += await r.receive(room)
+                    for _ in range(rounds):
+                        await anyio.lowlevel.checkpoint()
+                    tg.cancel_scope.cancel()
+                await _aclose(s)
+                received += await _drain(r)
+                count = received.count(MARKER)
+                assert count == int(completed), (
+                    f"room={room} rounds={rounds}: the send "
+                    f"{'returned' if completed else 'was cancelled'} and the "
+                    f"marker arrived {count} times"
+                )
 
 
 @_check
