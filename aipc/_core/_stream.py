@@ -36,7 +36,9 @@ class StreamStatistics:
         bytes: bytes received or sent so far.
         operations: successful ``receive`` / ``send`` calls.
         syscalls: read or write syscalls that moved data.
-        waits: times the stream had to wait for readiness (EAGAIN).
+        waits: times the stream waited for readiness (the kernel buffer was
+            empty or full, or, for a receive after a short read, was expected
+            to be).
     """
 
     bytes: int
@@ -88,6 +90,7 @@ class FdReceiveStream(ByteReceiveStream):
         self._receiving = False
         self._pending = b""
         self._eof = False
+        self._expect_empty = False
         self._bytes = self._ops = self._syscalls = self._waits = 0
 
     def fileno(self) -> int:
@@ -137,23 +140,31 @@ class FdReceiveStream(ByteReceiveStream):
                 self._ops += 1
                 return data
             handle = self._handle
-            waited = False
+            # A short read emptied the pipe, so the next receive will most likely
+            # find it empty (request/response traffic): it then goes straight to
+            # the wait, whose loop callback makes the read. That saves a failed
+            # read() and its exception per message; if data is there after all,
+            # the wait ends on the next loop pass, which costs what the
+            # checkpoint of the direct path would.
+            wait = self._expect_empty
+            yielded = False
             while True:
                 fd = handle.fd
                 if fd < 0:
-                    if not waited:
+                    if not yielded:
                         await checkpoint()
                     raise anyio.ClosedResourceError
                 try:
-                    if waited:
+                    if wait:
+                        yielded = True
+                        self._waits += 1
                         data = await handle.read_when_ready(
                             partial(os.read, fd, max_bytes), self._keep
                         )
                     else:
                         data = os.read(fd, max_bytes)
                 except BlockingIOError:
-                    self._waits += 1
-                    waited = True
+                    wait = True
                     continue
                 except OSError as exc:
                     raise translate_os_error(
@@ -162,14 +173,14 @@ class FdReceiveStream(ByteReceiveStream):
                 if data or self._at_eof():
                     break
                 # not the end yet (a FIFO that has not had a writer): wait
-                self._waits += 1
-                waited = True
-            if not waited:
+                wait = True
+            if not yielded:
                 try:
                     await checkpoint()
                 except BaseException:
                     self._pending = data
                     raise
+            self._expect_empty = len(data) < max_bytes
             if not data:
                 self._eof = True
                 raise anyio.EndOfStream
