@@ -33,8 +33,9 @@ import os
 import stat
 import sys
 import threading
+import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 import anyio
@@ -53,6 +54,13 @@ __all__ = ["FdHandle", "checkpoint", "reopen_private_nonblocking"]
 _GENERIC_WAIT = os.environ.get("AIPC_GENERIC_WAIT", "") not in ("", "0")
 
 
+@types.coroutine
+def _yield() -> Generator[None, None, None]:
+    # what asyncio.sleep(0) does, minus its two wrapper frames: a bare yield
+    # makes the task reschedule itself, and cancellation lands here
+    yield
+
+
 async def checkpoint() -> None:
     """A schedule point that also delivers cancellation (as anyio's).
 
@@ -61,7 +69,7 @@ async def checkpoint() -> None:
     """
     lib = sniffio.current_async_library()
     if lib == "asyncio":
-        await asyncio.sleep(0)
+        await _yield()
     elif lib == "trio":
         await _trio().lowlevel.checkpoint()
     else:  # pragma: no cover - another anyio backend
@@ -205,6 +213,10 @@ class _Watcher:
         self.unregister()
 
 
+async def _raise_closed() -> Any:
+    raise anyio.ClosedResourceError
+
+
 def _current(watcher: _Watcher | None) -> bool:
     # asyncio.get_running_loop() costs a getpid() syscall on every call; a
     # watcher whose loop is running in this very thread is the current one,
@@ -282,17 +294,20 @@ class FdHandle:
         self._fd = -1
         return fd
 
-    async def wait_readable(self) -> None:
+    # These return the awaitable instead of being coroutines themselves: one
+    # frame less to create and to resume through on every message.
+
+    def wait_readable(self) -> Awaitable[Any]:
         """Wait until the fd is readable (``ClosedResourceError`` if closed)."""
-        await self._wait(True, None, None)
+        return self._wait(True, None, None)
 
-    async def wait_writable(self) -> None:
+    def wait_writable(self) -> Awaitable[Any]:
         """Wait until the fd is writable (``ClosedResourceError`` if closed)."""
-        await self._wait(False, None, None)
+        return self._wait(False, None, None)
 
-    async def read_when_ready(
+    def read_when_ready(
         self, attempt: Callable[[], T], keep: Callable[[T], None] | None = None
-    ) -> T:
+    ) -> Awaitable[T]:
         """Wait for readability and return ``attempt()``, a non-blocking read.
 
         ``attempt`` raising ``BlockingIOError`` means "not yet": the wait goes
@@ -300,18 +315,17 @@ class FdHandle:
         made from the loop callback; should the task be cancelled after it
         succeeded, ``keep`` receives the result so that nothing is lost.
         """
-        result: T = await self._wait(True, attempt, keep)
-        return result
+        return self._wait(True, attempt, keep)
 
-    async def _wait(
+    def _wait(
         self,
         readable: bool,
         attempt: Callable[[], T] | None,
         keep: Callable[[T], None] | None,
-    ) -> Any:
+    ) -> Awaitable[Any]:
         fd = self._fd
         if fd < 0:
-            raise anyio.ClosedResourceError
+            return _raise_closed()
         lib = sniffio.current_async_library()
         if lib == "asyncio" and not _GENERIC_WAIT:
             watcher = self._rwatch if readable else self._wwatch
@@ -322,7 +336,16 @@ class FdHandle:
                 else:
                     self._wwatch = watcher
             assert watcher is not None
-            return await watcher.wait(attempt, keep)
+            return watcher.wait(attempt, keep)
+        return self._wait_generic(lib, fd, readable, attempt)
+
+    async def _wait_generic(
+        self,
+        lib: str,
+        fd: int,
+        readable: bool,
+        attempt: Callable[[], T] | None,
+    ) -> Any:
         while True:
             if lib == "trio" and not _GENERIC_WAIT:
                 await _trio_wait(fd, readable)
