@@ -47,7 +47,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object
 
 @pytest.fixture
 def backend_id(anyio_backend: tuple[str, dict[str, object]]) -> str:
-    """"asyncio", "uvloop" or "trio": what a child process should run on."""
+    """ "asyncio", "uvloop" or "trio": what a child process should run on."""
     return "uvloop" if anyio_backend[1] else anyio_backend[0]
 
 

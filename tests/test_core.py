@@ -113,9 +113,7 @@ async def test_interruptible_open_completes(tmp_path: os.PathLike[str]) -> None:
     try:
         reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            fd = await open_interruptible(
-                path, os.O_WRONLY | os.O_CLOEXEC, lambda: -1
-            )
+            fd = await open_interruptible(path, os.O_WRONLY | os.O_CLOEXEC, lambda: -1)
             os.close(fd)
         finally:
             os.close(reader)

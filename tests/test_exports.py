@@ -1,4 +1,4 @@
-"""The public surface is exactly ``aipc.__all__`` and every public name is documented."""
+"""The public surface is exactly ``aipc.__all__``; every public name is documented."""
 
 from __future__ import annotations
 

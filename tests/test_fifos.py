@@ -214,21 +214,20 @@ run_backend(main, sys.argv[2])
 async def test_child_writer_and_its_death(fifo_dir: Path, backend_id: str) -> None:
     fifo = aipc.create_fifo(fifo_dir / "f")
     try:
-        async with child_process(CHILD_WRITER, args=[fifo.path, backend_id]) as (
-            proc,
-            stdout,
+        async with (
+            child_process(CHILD_WRITER, args=[fifo.path, backend_id]) as (proc, stdout),
+            await fifo.open_receiver() as receiver,
         ):
-            async with await fifo.open_receiver() as receiver:
-                assert await read_line(stdout) == b"ready"
-                assert await read_line(stdout) == b"done"
-                data = b""
-                with anyio.fail_after(5):
-                    while len(data) < 400:
-                        data += await receiver.receive()
-                assert data == b"".join(b"%04d" % i for i in range(100))
-                proc.kill()
-                with anyio.fail_after(1), pytest.raises(anyio.EndOfStream):
-                    await receiver.receive()
+            assert await read_line(stdout) == b"ready"
+            assert await read_line(stdout) == b"done"
+            data = b""
+            with anyio.fail_after(5):
+                while len(data) < 400:
+                    data += await receiver.receive()
+            assert data == b"".join(b"%04d" % i for i in range(100))
+            proc.kill()
+            with anyio.fail_after(1), pytest.raises(anyio.EndOfStream):
+                await receiver.receive()
     finally:
         fifo.unlink()
 
@@ -277,9 +276,7 @@ async def test_cancel_racing_the_open_never_hangs(fifo_dir: Path) -> None:
                     if i % 2:
                         scope.cancel()
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(
-                            lambda: fifo.open_receiver(wait_for_writer=True)
-                        )
+                        tg.start_soon(lambda: fifo.open_receiver(wait_for_writer=True))
                         await anyio.lowlevel.checkpoint()
                         scope.cancel()
                 assert scope.cancelled_caught or scope.cancel_called

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import signal
 import warnings
@@ -215,12 +216,10 @@ def test_unclosed_stream_warns_and_closes() -> None:
     r, w = aipc.create_pipe()
     fd = r.fileno()
     w.close()
-    with pytest.warns(ResourceWarning, match=f"unclosed pipe fd={fd}"):
-        del r
-        import gc
-
+    with pytest.warns(ResourceWarning, match=f"unclosed pipe fd={fd}"):  # noqa: PT031
+        del r  # refcounting finalizes it here
         gc.collect()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)
 
 
@@ -297,25 +296,29 @@ async def test_child_process_echo(backend_id: str) -> None:
     to_child_r, to_child_w = aipc.create_pipe()
     from_child_r, from_child_w = aipc.create_pipe()
     fds = [to_child_r.fileno(), from_child_w.fileno()]
-    async with to_child_w, from_child_r:
-        async with child_process(
-            CHILD_ECHO, pass_fds=fds, args=[*map(str, fds), backend_id]
-        ) as (proc, stdout):
-            await to_child_r.aclose()
-            await from_child_w.aclose()
-            assert await read_line(stdout) == b"ready"
-            with anyio.fail_after(10):
-                for i in range(100):
-                    msg = f"message {i}".encode()
-                    await to_child_w.send(msg)
-                    got = b""
-                    while len(got) < len(msg):
-                        got += await from_child_r.receive()
-                    assert got == msg.upper()
-                await to_child_w.aclose()
-                with pytest.raises(anyio.EndOfStream):
-                    await from_child_r.receive()
-                assert await proc.wait() == 0
+    async with (
+        to_child_w,
+        from_child_r,
+        child_process(CHILD_ECHO, pass_fds=fds, args=[*map(str, fds), backend_id]) as (
+            proc,
+            stdout,
+        ),
+    ):
+        await to_child_r.aclose()
+        await from_child_w.aclose()
+        assert await read_line(stdout) == b"ready"
+        with anyio.fail_after(10):
+            for i in range(100):
+                msg = f"message {i}".encode()
+                await to_child_w.send(msg)
+                got = b""
+                while len(got) < len(msg):
+                    got += await from_child_r.receive()
+                assert got == msg.upper()
+            await to_child_w.aclose()
+            with pytest.raises(anyio.EndOfStream):
+                await from_child_r.receive()
+            assert await proc.wait() == 0
 
 
 CHILD_HOLDS = """
@@ -327,41 +330,35 @@ time.sleep(60)
 
 async def test_child_death_wakes_receiver_with_end_of_stream() -> None:
     r, w = aipc.create_pipe()
-    async with r:
-        async with child_process(
-            CHILD_HOLDS, pass_fds=[w.fileno()]
-        ) as (proc, stdout):
-            await w.aclose()
-            assert await read_line(stdout) == b"ready"
-            async with anyio.create_task_group() as tg:
+    async with r, child_process(CHILD_HOLDS, pass_fds=[w.fileno()]) as (proc, stdout):
+        await w.aclose()
+        assert await read_line(stdout) == b"ready"
+        async with anyio.create_task_group() as tg:
 
-                async def receiver() -> None:
-                    with anyio.fail_after(1), pytest.raises(anyio.EndOfStream):
-                        await r.receive()
+            async def receiver() -> None:
+                with anyio.fail_after(1), pytest.raises(anyio.EndOfStream):
+                    await r.receive()
 
-                tg.start_soon(receiver)
-                await anyio.wait_all_tasks_blocked()
-                proc.kill()
+            tg.start_soon(receiver)
+            await anyio.wait_all_tasks_blocked()
+            proc.kill()
 
 
 async def test_child_death_wakes_sender_with_broken_resource() -> None:
     r, w = aipc.create_pipe(capacity=4096)
-    async with w:
-        async with child_process(
-            CHILD_HOLDS, pass_fds=[r.fileno()]
-        ) as (proc, stdout):
-            await r.aclose()
-            assert await read_line(stdout) == b"ready"
-            async with anyio.create_task_group() as tg:
+    async with w, child_process(CHILD_HOLDS, pass_fds=[r.fileno()]) as (proc, stdout):
+        await r.aclose()
+        assert await read_line(stdout) == b"ready"
+        async with anyio.create_task_group() as tg:
 
-                async def sender() -> None:
-                    with anyio.fail_after(1), pytest.raises(anyio.BrokenResourceError):
-                        while True:
-                            await w.send(b"x" * 65536)
+            async def sender() -> None:
+                with anyio.fail_after(1), pytest.raises(anyio.BrokenResourceError):  # noqa: PT012
+                    while True:
+                        await w.send(b"x" * 65536)
 
-                tg.start_soon(sender)
-                await anyio.wait_all_tasks_blocked()
-                proc.kill()
+            tg.start_soon(sender)
+            await anyio.wait_all_tasks_blocked()
+            proc.kill()
 
 
 def test_repr_and_statistics() -> None:
