@@ -282,3 +282,43 @@ async def test_cancel_racing_the_open_never_hangs(fifo_dir: Path) -> None:
                 assert scope.cancelled_caught or scope.cancel_called
     finally:
         fifo.unlink()
+
+
+CHILD_READER = """
+import sys, anyio, aipc
+from tests._helpers import run_backend
+async def main():
+    async with await aipc.open_fifo_receiver(sys.argv[1]) as rx:
+        print("ready", flush=True)
+        await anyio.sleep(60)
+run_backend(main, sys.argv[2])
+"""
+
+
+async def test_child_reader_death_breaks_the_writer(
+    fifo_dir: Path, backend_id: str
+) -> None:
+    fifo = aipc.create_fifo(fifo_dir / "f")
+    try:
+        async with child_process(CHILD_READER, args=[fifo.path, backend_id]) as (
+            proc,
+            stdout,
+        ):
+            assert await read_line(stdout) == b"ready"
+            async with await fifo.open_sender() as sender:
+                await sender.send(b"x")
+                async with anyio.create_task_group() as tg:
+
+                    async def writer() -> None:
+                        with (
+                            anyio.fail_after(1),
+                            pytest.raises(anyio.BrokenResourceError),
+                        ):
+                            while True:
+                                await sender.send(b"y" * 65536)
+
+                    tg.start_soon(writer)
+                    await anyio.wait_all_tasks_blocked()
+                    proc.kill()
+    finally:
+        fifo.unlink()

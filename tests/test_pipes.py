@@ -352,7 +352,7 @@ async def test_child_death_wakes_sender_with_broken_resource() -> None:
         async with anyio.create_task_group() as tg:
 
             async def sender() -> None:
-                with anyio.fail_after(1), pytest.raises(anyio.BrokenResourceError):  # noqa: PT012
+                with anyio.fail_after(1), pytest.raises(anyio.BrokenResourceError):
                     while True:
                         await w.send(b"x" * 65536)
 

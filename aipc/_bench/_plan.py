@@ -97,10 +97,10 @@ MECHANISMS: tuple[Mechanism, ...] = (
         loop=None,
         throughput=False,
         capacity=False,
-        backends=("asyncio", "uvloop"),
         env={"AIPC_GENERIC_WAIT": "1"},
-        note="AIPC_GENERIC_WAIT=1: anyio.wait_readable, one epoll registration "
-        "added and removed per wait",
+        note="AIPC_GENERIC_WAIT=1: anyio.wait_readable / anyio.lowlevel.checkpoint "
+        "instead of _core's fast paths (on asyncio and uvloop, one epoll "
+        "registration added and removed per wait)",
     ),
     Mechanism(
         "fifo",

@@ -21,7 +21,8 @@ nothing. aipc owns the registration: do not wait on an aipc object's
 anyio's generic ``wait_readable`` installs and removes the callback on every
 wait, which costs two ``epoll_ctl`` calls and, on uvloop, a poll handle
 allocation per message;
-``aipc bench`` shows the difference (``AIPC_GENERIC_WAIT=1`` switches back).
+``aipc bench`` shows the difference (``AIPC_GENERIC_WAIT=1`` switches back to
+anyio's generic waits and checkpoints on every backend).
 On trio the backend's own wait is used: trio already keeps epoll registrations
 between waits.
 """
@@ -68,7 +69,9 @@ async def checkpoint() -> None:
     dispatch, which costs about as much again as the yield itself on asyncio.
     """
     lib = sniffio.current_async_library()
-    if lib == "asyncio":
+    if _GENERIC_WAIT:
+        await _anyio_checkpoint()
+    elif lib == "asyncio":
         await _yield()
     elif lib == "trio":
         await _trio().lowlevel.checkpoint()
