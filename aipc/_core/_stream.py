@@ -89,7 +89,6 @@ class FdReceiveStream(ByteReceiveStream):
         self._handle = handle
         self._receiving = False
         self._pending = b""
-        self._eof = False
         self._expect_empty = False
         self._bytes = self._ops = self._syscalls = self._waits = 0
 
@@ -182,7 +181,6 @@ class FdReceiveStream(ByteReceiveStream):
                     raise
             self._expect_empty = len(data) < max_bytes
             if not data:
-                self._eof = True
                 raise anyio.EndOfStream
             self._bytes += len(data)
             self._ops += 1
