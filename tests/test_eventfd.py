@@ -175,3 +175,23 @@ async def test_across_processes(backend_id: str) -> None:
                     assert await pong.wait() == 1
                 assert await read_line(stdout) == b"100"
                 assert await proc.wait() == 0
+
+
+async def test_cancelled_wait_never_writes_to_a_reused_fd_number() -> None:
+    # A wait that took the count, then is cancelled at its checkpoint while
+    # another task closes the handle and a new eventfd gets the same number:
+    # the count must not be "put back" into the new one.
+    for _ in range(20):
+        old = aipc.EventFd(5)
+        new: list[aipc.EventFd] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(old.wait)
+            await anyio.lowlevel.checkpoint()  # the waiter reads, then yields
+            number = old.fileno()
+            old.close()
+            new.append(aipc.EventFd())
+            tg.cancel_scope.cancel()
+        async with new[0] as fresh:
+            if fresh.fileno() == number:
+                with pytest.raises(anyio.WouldBlock):
+                    fresh.wait_nowait()
