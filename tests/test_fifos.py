@@ -243,7 +243,7 @@ def test_clean_removes_objects_of_dead_owners(fifo_dir: Path) -> None:
 
     with open(record) as f:
         data = json.load(f)
-    data["pid"], data["pid_start"] = 2**22 + 1, None
+    data["pid"], data["pid_start"] = 2**22 + 1, 12345
     with open(record, "w") as f:
         json.dump(data, f)
     removed = _registry.clean()

@@ -84,7 +84,12 @@ class NamedObject:
     def owner_alive(self) -> bool:
         """Whether the creating process still runs (pid and start time match)."""
         start = _proc_start_time(self.pid)
-        return start is not None and start == self.pid_start
+        if self.pid_start is None:
+            # the start time could not be read when the record was made: a
+            # running process with that pid is taken for the owner (never
+            # remove what might still be in use)
+            return start is not None
+        return start == self.pid_start
 
     def exists(self) -> bool:
         """Whether the object named ``name`` is still the one that was created."""
