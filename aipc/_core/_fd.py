@@ -43,16 +43,15 @@ import anyio
 import sniffio
 from anyio.lowlevel import checkpoint as _anyio_checkpoint
 
+__all__ = ["FdHandle", "checkpoint", "reopen_private_nonblocking"]
+
+_GENERIC_WAIT = os.environ.get("AIPC_GENERIC_WAIT", "") not in ("", "0")
+
 
 def _trio() -> Any:
     # trio is imported by whoever runs trio.run(); importing it here eagerly
     # would cost asyncio-only users ~100 ms at start-up
     return sys.modules["trio"]
-
-
-__all__ = ["FdHandle", "checkpoint", "reopen_private_nonblocking"]
-
-_GENERIC_WAIT = os.environ.get("AIPC_GENERIC_WAIT", "") not in ("", "0")
 
 
 @types.coroutine
@@ -68,10 +67,11 @@ async def checkpoint() -> None:
     Same semantics as ``anyio.lowlevel.checkpoint()``, without its generic
     dispatch, which costs about as much again as the yield itself on asyncio.
     """
-    lib = sniffio.current_async_library()
     if _GENERIC_WAIT:
         await _anyio_checkpoint()
-    elif lib == "asyncio":
+        return
+    lib = sniffio.current_async_library()
+    if lib == "asyncio":
         await _yield()
     elif lib == "trio":
         await _trio().lowlevel.checkpoint()
