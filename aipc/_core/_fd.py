@@ -79,21 +79,6 @@ async def checkpoint() -> None:
         await _anyio_checkpoint()
 
 
-async def _trio_wait(fd: int, readable: bool) -> None:
-    trio = _trio()
-    try:
-        if readable:
-            await trio.lowlevel.wait_readable(fd)
-        else:
-            await trio.lowlevel.wait_writable(fd)
-    except trio.ClosedResourceError:
-        raise anyio.ClosedResourceError from None
-    except trio.BusyResourceError:
-        raise anyio.BusyResourceError(
-            "reading from" if readable else "writing to"
-        ) from None
-
-
 _CLOSED: Any = object()
 T = TypeVar("T")
 
@@ -349,9 +334,22 @@ class FdHandle:
         readable: bool,
         attempt: Callable[[], T] | None,
     ) -> Any:
+        trio = _trio() if lib == "trio" and not _GENERIC_WAIT else None
         while True:
-            if lib == "trio" and not _GENERIC_WAIT:
-                await _trio_wait(fd, readable)
+            if trio is not None:
+                # trio's own wait, called directly: it keeps the epoll
+                # registration between waits (EPOLLONESHOT re-armed by MOD)
+                try:
+                    if readable:
+                        await trio.lowlevel.wait_readable(fd)
+                    else:
+                        await trio.lowlevel.wait_writable(fd)
+                except trio.ClosedResourceError:
+                    raise anyio.ClosedResourceError from None
+                except trio.BusyResourceError:
+                    raise anyio.BusyResourceError(
+                        "reading from" if readable else "writing to"
+                    ) from None
             elif readable:
                 await anyio.wait_readable(fd)
             else:
