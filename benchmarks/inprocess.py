@@ -114,10 +114,9 @@ def main() -> None:
     async def run() -> None:
         peer = _trio_fdstream if backend == "trio" else _asyncio_streams
         name = "trio FdStream" if backend == "trio" else f"{backend} pipe streams"
-        print(f"{backend:8} {name:22} {await peer(n) * 1e6:7.2f} µs per round trip")
-        print(
-            f"{backend:8} {'aipc pipe':22} {await _aipc(n) * 1e6:7.2f} µs per round trip"
-        )
+        for label, measure in ((name, peer), ("aipc pipe", _aipc)):
+            per_trip = await measure(n) * 1e6
+            print(f"{backend:8} {label:22} {per_trip:7.2f} µs per round trip")
 
     if backend == "uvloop":
         import uvloop
