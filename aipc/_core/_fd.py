@@ -314,16 +314,18 @@ class FdHandle:
         fd = self._fd
         if fd < 0:
             return _raise_closed()
+        watcher = self._rwatch if readable else self._wwatch
+        if watcher is not None and _current(watcher):
+            # the common case on asyncio/uvloop: no backend lookup
+            return watcher.wait(attempt, keep)
         lib = sniffio.current_async_library()
         if lib == "asyncio" and not _GENERIC_WAIT:
-            watcher = self._rwatch if readable else self._wwatch
-            if not _current(watcher):
-                watcher = _Watcher(asyncio.get_running_loop(), fd, readable)
-                if readable:
-                    self._rwatch = watcher
-                else:
-                    self._wwatch = watcher
-            assert watcher is not None
+            # first wait, or a new loop: (re)create the registration
+            watcher = _Watcher(asyncio.get_running_loop(), fd, readable)
+            if readable:
+                self._rwatch = watcher
+            else:
+                self._wwatch = watcher
             return watcher.wait(attempt, keep)
         return self._wait_generic(lib, fd, readable, attempt)
 

@@ -124,7 +124,8 @@ class FdReceiveStream(ByteReceiveStream):
         **Cancellation:** nothing is lost. Bytes read from the kernel in the same
         call are kept and returned by the next ``receive``.
         """
-        _check_max_bytes(max_bytes)
+        if type(max_bytes) is not int or max_bytes < 1:
+            _check_max_bytes(max_bytes)
         if self._receiving:
             raise anyio.BusyResourceError("receiving from")
         self._receiving = True
