@@ -1,0 +1,70 @@
+"""The ``aipc`` command: a smoke run of ``aipc bench`` and the registry commands.
+
+These run the command in a subprocess (it starts its own event loops and
+processes), so they are plain tests, not one per backend; ``--backend all``
+covers the three backends inside the bench.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ._helpers import PROJECT_ROOT
+
+ENV = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+
+
+def _aipc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-m", "aipc", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+        check=False,
+    )
+
+
+def test_bench_quick_measures_every_mechanism_on_every_backend(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "bench.json"
+    result = _aipc("bench", "--quick", "--backend", "all", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "aipc pipe" in result.stdout
+    assert "total run time" in result.stdout
+    rows = json.loads(out.read_text())["rows"]
+    aipc_rows = {
+        (r["mechanism"], r["backend"], r["placement"])
+        for r in rows
+        if r["aipc"] and not r["failed"] and r.get("rtt")
+    }
+    for mechanism in ("pipe", "fifo", "eventfd"):
+        for backend in ("asyncio", "uvloop", "trio"):
+            for placement in ("cross-core", "same-core"):
+                assert (mechanism, backend, placement) in aipc_rows
+    for row in rows:
+        if row.get("rtt"):
+            assert row["rtt"]["median_us"] > 0
+    # the bench removed its FIFOs and their registry records
+    listing = _aipc("objects")
+    assert listing.returncode == 0, listing.stderr
+    assert "fifo" not in listing.stdout
+
+
+@pytest.mark.parametrize("args", [["objects"], ["clean", "--dry-run"], ["clean"]])
+def test_registry_commands_run(args: list[str]) -> None:
+    result = _aipc(*args)
+    assert result.returncode == 0, result.stderr
+
+
+def test_bench_rejects_an_unknown_backend() -> None:
+    result = _aipc("bench", "--backend", "nope")
+    assert result.returncode == 2
+    assert "invalid choice: 'nope'" in result.stderr
