@@ -7,6 +7,7 @@ covers the three backends inside the bench.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -52,6 +53,31 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
     for row in rows:
         if row.get("rtt"):
             assert row["rtt"]["median_us"] > 0
+    # the msgs/s column: 64-byte messages streamed one way, on every backend
+    assert "64B msgs/s" in result.stdout
+    pipe_rows = [r for r in rows if r["mechanism"] == "pipe" and not r["variant"]]
+    assert {(r["backend"], r["placement"]) for r in pipe_rows} == {
+        (b, p)
+        for b in ("asyncio", "uvloop", "trio")
+        for p in ("cross-core", "same-core")
+    }
+    for row in pipe_rows:
+        assert row["msgs"]["per_s"] > 0
+        assert row["vs_reference"]["msgs"] > 0
+    # the message-queue peers: rtt and msgs/s, no throughput
+    peers = ["mp-queue"] + [
+        key
+        for key, module in (("faster-fifo", "faster_fifo"), ("zmq", "zmq"))
+        if importlib.util.find_spec(module) is not None
+    ]
+    for key in peers:
+        peer_rows = [r for r in rows if r["mechanism"] == key]
+        assert len(peer_rows) == 2, key  # one per placement
+        for row in peer_rows:
+            assert not row["failed"], key
+            assert row["rtt"]["median_us"] > 0
+            assert row["msgs"]["per_s"] > 0
+            assert row["throughput"] == {}
     # the bench removed its FIFOs and their registry records
     listing = _aipc("objects")
     assert listing.returncode == 0, listing.stderr

@@ -2,12 +2,13 @@
 
 For each mechanism the orchestrator starts two processes (a *driver* that sends
 and times, a *peer* that echoes and acknowledges), pins them to two CPUs and
-then to one, and measures the round-trip latency of 8-byte messages and the
-one-way throughput of 64 KiB and 1 MiB chunks. aipc rows run on the backend
-chosen with ``--backend``; the peers (blocking ``os.read``/``os.write``,
-``multiprocessing.Pipe``, asyncio and uvloop pipe streams, trio's ``FdStream``)
-run on their own loops in the same run, so that the ratios compare like with
-like. See ``benchmarks/README.md``.
+then to one, and measures the round-trip latency of 8-byte messages, the
+one-way throughput of 64 KiB and 1 MiB chunks and the rate of 64-byte messages
+streamed one way. aipc rows run on the backend chosen with ``--backend``; the
+peers (blocking ``os.read``/``os.write``, ``multiprocessing.Pipe`` and
+``Queue``, ``faster_fifo.Queue``, pyzmq over ``ipc://``, asyncio and uvloop
+pipe streams, trio's ``FdStream``) run on their own loops in the same run, so
+that the ratios compare like with like. See ``benchmarks/README.md``.
 
 This package imports its heavy parts only when ``run`` is called.
 """

@@ -12,6 +12,11 @@ object per line: ``hello`` (which loop really runs), ``ready``, ``start`` and
 ``result`` of each measured phase (raw samples: the orchestrator merges the
 rounds), ``cap`` (the pipe capacity granted) and ``done`` after each block.
 The peer needs no signal: it is always blocked on the driver's next message.
+
+The msgs/s phase reuses the throughput code: ``n`` messages of ``size`` bytes
+are a transfer of ``n * size`` bytes in ``size``-byte sends. Only the peer
+differs: a byte stream's peer reads up to ``read`` bytes at a time (whatever
+has arrived), a message transport's peer receives one message per call.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
+
+from . import _share
 
 __all__ = ["main"]
 
@@ -102,6 +109,12 @@ def _tput_result(
     return {"bytes": total, "times_ns": times_ns, "capacity": capacity}
 
 
+def _msgs_args(phase: dict[str, Any]) -> tuple[int, int, int, int]:
+    """The msgs/s phase as a transfer: (chunk, total, warm-up total, reps)."""
+    size = int(phase["size"])
+    return size, size * phase["n"], size * phase["warmup"], phase["reps"]
+
+
 def _pipe_capacity(fd: int) -> int | None:
     try:
         return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
@@ -121,7 +134,9 @@ class _AsyncTransport(Protocol):
     async def rtt(self, warmup: int, n: int) -> list[int]: ...
     async def echo(self, count: int) -> None: ...
     async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]: ...
-    async def sink(self, chunk: int, total: int, warm: int, reps: int) -> None: ...
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None: ...
     def set_capacity(self, size: int) -> int: ...
     def capacity(self) -> int | None: ...
 
@@ -130,7 +145,7 @@ class _SyncTransport(Protocol):
     def rtt(self, warmup: int, n: int) -> list[int]: ...
     def echo(self, count: int) -> None: ...
     def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]: ...
-    def sink(self, chunk: int, total: int, warm: int, reps: int) -> None: ...
+    def sink(self, chunk: int, total: int, warm: int, reps: int, read: int) -> None: ...
     def set_capacity(self, size: int) -> int: ...
     def capacity(self) -> int | None: ...
 
@@ -195,12 +210,14 @@ class _AsyncStreams:
             out.append(clock() - t0)
         return out[1:]
 
-    async def sink(self, chunk: int, total: int, warm: int, reps: int) -> None:
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None:
         send, receive = self.send, self.receive
         for rep in range(reps + 1):
             got, want = 0, total if rep else warm
             while got < want:
-                data = await receive(chunk)
+                data = await receive(read)
                 if not data:
                     raise _PeerGone
                 got += len(data)
@@ -242,7 +259,9 @@ class _AipcEventFds:
     async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
         raise NotImplementedError
 
-    async def sink(self, chunk: int, total: int, warm: int, reps: int) -> None:
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None:
         raise NotImplementedError
 
     def set_capacity(self, size: int) -> int:
@@ -308,12 +327,12 @@ class _RawFds:
             out.append(clock() - t0)
         return out[1:]
 
-    def sink(self, chunk: int, total: int, warm: int, reps: int) -> None:
-        rx, read = self.rx, os.read
+    def sink(self, chunk: int, total: int, warm: int, reps: int, read: int) -> None:
+        rx, os_read = self.rx, os.read
         for rep in range(reps + 1):
             got, want = 0, total if rep else warm
             while got < want:
-                data = read(rx, chunk)
+                data = os_read(rx, read)
                 if not data:
                     raise _PeerGone
                 got += len(data)
@@ -326,18 +345,22 @@ class _RawFds:
         return _pipe_capacity(self.tx)
 
 
-class _MpConnection:
-    """``multiprocessing.connection.Connection`` send_bytes / recv_bytes."""
+class _Messages:
+    """A message transport given as blocking ``send(bytes)`` / ``recv() -> bytes``:
+    ``multiprocessing.Pipe`` (send_bytes/recv_bytes), the queues, pyzmq.
 
-    def __init__(self, conn: Connection[Any, Any]) -> None:
-        self.conn = conn
+    Every ``recv`` returns one whole message; the peer of a transfer counts the
+    bytes of the messages it receives.
+    """
+
+    def __init__(
+        self, send: Callable[[bytes], object], recv: Callable[[], bytes]
+    ) -> None:
+        self.send = send
+        self.recv = recv
 
     def rtt(self, warmup: int, n: int) -> list[int]:
-        send, recv, clock = (
-            self.conn.send_bytes,
-            self.conn.recv_bytes,
-            time.perf_counter_ns,
-        )
+        send, recv, clock = self.send, self.recv, time.perf_counter_ns
         msg = _MSG
         out: list[int] = []
         for _ in range(warmup + n):
@@ -348,16 +371,12 @@ class _MpConnection:
         return out[warmup:]
 
     def echo(self, count: int) -> None:
-        send, recv = self.conn.send_bytes, self.conn.recv_bytes
+        send, recv = self.send, self.recv
         for _ in range(count):
             send(recv())
 
     def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
-        send, recv, clock = (
-            self.conn.send_bytes,
-            self.conn.recv_bytes,
-            time.perf_counter_ns,
-        )
+        send, recv, clock = self.send, self.recv, time.perf_counter_ns
         payload = bytes(chunk)
         out: list[int] = []
         for rep in range(reps + 1):
@@ -369,8 +388,8 @@ class _MpConnection:
             out.append(clock() - t0)
         return out[1:]
 
-    def sink(self, chunk: int, total: int, warm: int, reps: int) -> None:
-        send, recv = self.conn.send_bytes, self.conn.recv_bytes
+    def sink(self, chunk: int, total: int, warm: int, reps: int, read: int) -> None:
+        send, recv = self.send, self.recv
         for rep in range(reps + 1):
             got, want = 0, total if rep else warm
             while got < want:
@@ -426,7 +445,17 @@ async def _walk_async(ctx: _Ctx, t: _AsyncTransport) -> None:
                     result = _tput_result(ph["bytes"], times, t.capacity())
                     ctx.emit(event="result", id=ph["id"], **result)
                 else:
-                    await t.sink(*args)
+                    await t.sink(*args, ph["chunk"])
+            elif op == "msgs":
+                args = _msgs_args(ph)
+                if ctx.driver:
+                    ctx.emit(event="start", id=ph["id"])
+                    times = await t.tput(*args)
+                    ctx.emit(
+                        event="result", id=ph["id"], messages=ph["n"], times_ns=times
+                    )
+                else:
+                    await t.sink(*args, ph["read"])
         ctx.emit(event="done")
 
 
@@ -457,7 +486,17 @@ def _walk_sync(ctx: _Ctx, t: _SyncTransport) -> None:
                     result = _tput_result(ph["bytes"], times, t.capacity())
                     ctx.emit(event="result", id=ph["id"], **result)
                 else:
-                    t.sink(*args)
+                    t.sink(*args, ph["chunk"])
+            elif op == "msgs":
+                args = _msgs_args(ph)
+                if ctx.driver:
+                    ctx.emit(event="start", id=ph["id"])
+                    times = t.tput(*args)
+                    ctx.emit(
+                        event="result", id=ph["id"], messages=ph["n"], times_ns=times
+                    )
+                else:
+                    t.sink(*args, ph["read"])
         ctx.emit(event="done")
 
 
@@ -543,6 +582,50 @@ async def _trio_main(ctx: _Ctx) -> None:
         await _walk_async(ctx, _AsyncStreams(tx.send_all, rx.receive_some, ctx.tx))
 
 
+def _queues_main(ctx: _Ctx) -> None:
+    """multiprocessing.Queue or faster_fifo.Queue: ``a`` carries driver→peer,
+    ``b`` peer→driver; both processes inherited both (see ``_share``)."""
+    a, b = _share.loads(ctx.spec["shared"])
+    out, into = (a, b) if ctx.driver else (b, a)
+    if ctx.spec["family"] == "mp-queue":
+        _walk_sync(ctx, _Messages(out.put, into.get))
+        return
+    from faster_fifo import Empty  # type: ignore[import-not-found]
+
+    get = into.get
+
+    def recv() -> bytes:
+        # faster_fifo's get times out (10 s by default); the peer may wait
+        # longer than that for the driver's next block
+        while True:
+            try:
+                data: bytes = get(True, 60.0)
+            except Empty:
+                continue
+            return data
+
+    _walk_sync(ctx, _Messages(out.put, recv))
+
+
+def _zmq_main(ctx: _Ctx) -> None:
+    """A PAIR socket over ipc://: the peer binds, the driver connects."""
+    import zmq
+
+    context = zmq.Context()
+    sock = context.socket(zmq.PAIR)
+    try:
+        if ctx.driver:
+            sock.connect(ctx.tx)
+        else:
+            sock.bind(ctx.rx)
+        _walk_sync(ctx, _Messages(sock.send, sock.recv))
+    finally:
+        # a bounded linger: the last echo or acknowledgement must still leave,
+        # but a dead partner must not keep this process alive
+        sock.close(linger=1000)
+        context.term()
+
+
 def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     import uvloop
 
@@ -583,7 +666,13 @@ def _run(ctx: _Ctx) -> None:
     elif family == "mp":
         ctx.hello("blocking")
         with Connection(ctx.tx) as conn:  # tx and rx are the same socket
-            _walk_sync(ctx, _MpConnection(conn))
+            _walk_sync(ctx, _Messages(conn.send_bytes, conn.recv_bytes))
+    elif family in ("mp-queue", "faster-fifo"):
+        ctx.hello("blocking")
+        _queues_main(ctx)
+    elif family == "zmq":
+        ctx.hello("blocking")
+        _zmq_main(ctx)
     else:
         raise ValueError(f"unknown family {family!r}")
 

@@ -13,6 +13,10 @@ driver starts each block when the orchestrator says so:
 - ``tput``: one-way transfer of ``bytes`` in ``chunk``-sized sends, acknowledged
   by the peer with one byte at the end of each repetition (after a shorter,
   untimed warm-up transfer);
+- ``msgs``: one-way stream of ``n`` messages of ``size`` bytes, sent back to
+  back and acknowledged the same way (after ``warmup`` untimed messages); the
+  peer of a byte stream counts bytes, reading up to ``read`` at a time, since a
+  byte stream keeps no message boundaries;
 - ``rtt``: round trips of 8-byte messages (the peer echoes them).
 """
 
@@ -26,6 +30,7 @@ __all__ = [
     "CHUNKS",
     "DEFAULT_CAPACITY",
     "MECHANISMS",
+    "MSG_SIZE",
     "RAISED_CAPACITY",
     "Config",
     "Mechanism",
@@ -42,6 +47,15 @@ BACKENDS = ("asyncio", "uvloop", "trio")
 
 #: The chunk sizes of the throughput columns.
 CHUNKS = (64 * KIB, MIB)
+
+#: The size of the messages of the msgs/s column.
+MSG_SIZE = 64
+
+#: The most a byte-stream peer reads at once in the msgs/s phase.
+MSG_READ = 64 * KIB
+
+#: The distribution that installs each module a peer requires (for the notes).
+DISTRIBUTIONS = {"zmq": "pyzmq", "faster_fifo": "faster-fifo"}
 
 #: Linux's default pipe capacity, set explicitly before the default-capacity rows.
 DEFAULT_CAPACITY = 64 * KIB
@@ -63,7 +77,9 @@ class Mechanism:
 
     ``family`` selects the code in ``_child``; ``loop`` is the fixed event loop
     of a peer (``None`` for aipc rows, which run on the chosen backends, and
-    ``"blocking"`` for peers without a loop).
+    ``"blocking"`` for peers without a loop). ``throughput`` selects the GB/s
+    columns, ``msgs`` the msgs/s column, ``capacity`` the "(1 MiB capacity)"
+    rows; ``requires`` names the modules a peer needs (skipped without them).
     """
 
     key: str
@@ -72,6 +88,7 @@ class Mechanism:
     aipc: bool
     loop: str | None
     throughput: bool
+    msgs: bool
     capacity: bool
     backends: tuple[str, ...] = BACKENDS
     requires: tuple[str, ...] = ()
@@ -87,6 +104,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         aipc=True,
         loop=None,
         throughput=True,
+        msgs=True,
         capacity=True,
     ),
     Mechanism(
@@ -96,6 +114,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         aipc=True,
         loop=None,
         throughput=False,
+        msgs=False,
         capacity=False,
         env={"AIPC_GENERIC_WAIT": "1"},
         note="AIPC_GENERIC_WAIT=1: anyio.wait_readable / anyio.lowlevel.checkpoint "
@@ -109,6 +128,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         aipc=True,
         loop=None,
         throughput=True,
+        msgs=True,
         capacity=False,
     ),
     Mechanism(
@@ -118,8 +138,9 @@ MECHANISMS: tuple[Mechanism, ...] = (
         aipc=True,
         loop=None,
         throughput=False,
+        msgs=False,
         capacity=False,
-        note="set() / await wait() ping-pong on two eventfds",
+        note="set() / await wait() ping-pong on two eventfds (no payload: no msgs/s)",
     ),
     Mechanism(
         "raw",
@@ -128,6 +149,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         aipc=False,
         loop="blocking",
         throughput=True,
+        msgs=True,
         capacity=True,
         note="the floor: no event loop, blocking syscalls",
     ),
@@ -138,8 +160,44 @@ MECHANISMS: tuple[Mechanism, ...] = (
         aipc=False,
         loop="blocking",
         throughput=True,
+        msgs=True,
         capacity=False,
         note="send_bytes/recv_bytes on a socketpair (no pipe capacity to raise)",
+    ),
+    Mechanism(
+        "mp-queue",
+        "multiprocessing.Queue",
+        "mp-queue",
+        aipc=False,
+        loop="blocking",
+        throughput=False,
+        msgs=True,
+        capacity=False,
+        note="put/get of bytes objects on two spawn-context queues (one each way)",
+    ),
+    Mechanism(
+        "faster-fifo",
+        "faster_fifo.Queue",
+        "faster-fifo",
+        aipc=False,
+        loop="blocking",
+        throughput=False,
+        msgs=True,
+        capacity=False,
+        requires=("faster_fifo",),
+        note="put/get of bytes objects on two queues (one each way) in shared memory",
+    ),
+    Mechanism(
+        "zmq",
+        "pyzmq PAIR ipc://",
+        "zmq",
+        aipc=False,
+        loop="blocking",
+        throughput=False,
+        msgs=True,
+        capacity=False,
+        requires=("zmq",),
+        note="send/recv on a PAIR socket pair (sync API) over a Unix socket",
     ),
     Mechanism(
         "asyncio-pipe",
@@ -148,6 +206,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         aipc=False,
         loop="asyncio",
         throughput=True,
+        msgs=True,
         capacity=True,
         note="loop.connect_read_pipe/connect_write_pipe + StreamReader/StreamWriter",
     ),
@@ -158,6 +217,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         aipc=False,
         loop="uvloop",
         throughput=True,
+        msgs=True,
         capacity=True,
         requires=("uvloop",),
         note="the same code as the asyncio peer, on a uvloop loop",
@@ -169,6 +229,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         aipc=False,
         loop="trio",
         throughput=True,
+        msgs=True,
         capacity=True,
         requires=("trio",),
         note="trio.lowlevel.FdStream receive_some/send_all",
@@ -202,6 +263,8 @@ class Config:
     rtt_count: int
     tput_bytes: dict[int, int]
     tput_reps: int
+    msgs_count: int
+    msgs_reps: int
     block_timeout: float
     start_timeout: float
 
@@ -211,8 +274,10 @@ class Config:
             rounds=6,
             rtt_warmup=200,
             rtt_count=1000,
-            tput_bytes={64 * KIB: 32 * MIB, MIB: 64 * MIB},
+            tput_bytes={64 * KIB: 24 * MIB, MIB: 48 * MIB},
             tput_reps=2,
+            msgs_count=4000,
+            msgs_reps=2,
             block_timeout=120.0,
             start_timeout=60.0,
         )
@@ -225,6 +290,8 @@ class Config:
             rtt_count=200,
             tput_bytes={64 * KIB: 2 * MIB, MIB: 4 * MIB},
             tput_reps=1,
+            msgs_count=1000,
+            msgs_reps=1,
             block_timeout=30.0,
             start_timeout=30.0,
         )
@@ -239,13 +306,18 @@ class PhaseInfo:
     backend: str
     variant: str  # "" or "capacity"
     placement: str
-    metric: str  # "rtt" or "tput"
+    metric: str  # "rtt", "tput" or "msgs"
     chunk: int = 0
     round: int = 0
     rounds: int = 1
 
     def describe(self) -> str:
-        what = "rtt" if self.metric == "rtt" else f"{_size(self.chunk)} throughput"
+        if self.metric == "rtt":
+            what = "rtt"
+        elif self.metric == "msgs":
+            what = f"{MSG_SIZE}-byte msgs/s"
+        else:
+            what = f"{_size(self.chunk)} throughput"
         cap = ", 1 MiB capacity" if self.variant else ""
         text = f"{self.mechanism.label} [{self.backend}{cap}] {what} {self.placement}"
         if self.rounds > 1:
@@ -323,6 +395,17 @@ def build_blocks(
             # trips would run in another allocator state than the later ones.
             if mech.throughput:
                 throughput("")
+            if mech.msgs:
+                n = config.msgs_count
+                msgs = {
+                    "op": "msgs",
+                    "size": MSG_SIZE,
+                    "n": n,
+                    "warmup": max(1, n // 4),
+                    "reps": config.msgs_reps,
+                    "read": MSG_READ,
+                }
+                measured(msgs, "", "msgs")
             rtt = {"op": "rtt", "warmup": config.rtt_warmup, "n": config.rtt_count}
             measured(rtt, "", "rtt")
             if mech.capacity:

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from ._plan import CHUNKS, KIB, MECHANISMS, RAISED_CAPACITY, Config, Placement
+from ._plan import (
+    CHUNKS,
+    KIB,
+    MECHANISMS,
+    MSG_SIZE,
+    RAISED_CAPACITY,
+    Config,
+    Placement,
+)
 
 if TYPE_CHECKING:
     from ._runner import Outcome
@@ -37,6 +45,7 @@ class Row:
     variant: str
     rtt: dict[str, Any] | None = None
     throughput: dict[int, dict[str, Any]] = field(default_factory=dict)
+    msgs: dict[str, Any] | None = None
     reference: str | None = None
     vs_reference: dict[str, float | None] = field(default_factory=dict)
     failed: bool = False
@@ -54,6 +63,9 @@ class Row:
     def rtt_median(self) -> float | None:
         return None if self.rtt is None else float(self.rtt["median_us"])
 
+    def msgs_rate(self) -> float | None:
+        return None if self.msgs is None else float(self.msgs["per_s"])
+
 
 def build_rows(
     outcomes: list[Outcome], placements: list[Placement], reference: dict[str, str]
@@ -62,6 +74,7 @@ def build_rows(
     rows: dict[tuple[str, str, str, str], Row] = {}
     rtt: dict[tuple[str, str, str, str], list[list[int]]] = {}
     tput: dict[tuple[str, str, str, str, int], list[dict[str, Any]]] = {}
+    msgs: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for outcome in outcomes:
         group = outcome.group
         for info in group.infos:
@@ -81,12 +94,16 @@ def build_rows(
                 row.failed = True
             elif info.metric == "rtt":
                 rtt.setdefault(key, []).append(result["samples_ns"])
+            elif info.metric == "msgs":
+                msgs.setdefault(key, []).append(result)
             else:
                 tput.setdefault((*key, info.chunk), []).append(result)
     for key, rounds in rtt.items():
         rows[key].rtt = _rtt_stats(rounds)
     for (*k, chunk), results in tput.items():
         rows[k[0], k[1], k[2], k[3]].throughput[chunk] = _tput_stats(results)
+    for key, results in msgs.items():
+        rows[key].msgs = _msgs_stats(results)
     for row in rows.values():
         if not row.aipc or row.backend not in reference:
             continue
@@ -100,6 +117,7 @@ def build_rows(
         row.vs_reference = {
             "rtt": _ratio(row.rtt_median(), ref.rtt_median()),
             **{_chunk_name(c): _ratio(row.gbps(c), ref.gbps(c)) for c in CHUNKS},
+            "msgs": _ratio(row.msgs_rate(), ref.msgs_rate()),
         }
     place_order = {p.name: i for i, p in enumerate(placements)}
     return sorted(
@@ -151,6 +169,19 @@ def _tput_stats(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _msgs_stats(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Messages per second over the repetitions of all rounds."""
+    rates = [r["messages"] * 1e9 / t for r in results for t in r["times_ns"]]
+    return {
+        "per_s": _median(rates),
+        "per_s_best": max(rates),
+        "per_s_all": rates,
+        "size": MSG_SIZE,
+        "messages_per_rep": results[0]["messages"],
+        "reps": len(rates),
+    }
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
@@ -163,6 +194,17 @@ def _chunk_name(chunk: int) -> str:
 
 def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _rate(value: float | None) -> str:
+    """Messages per second, short: 812, 85.3k, 1.21M."""
+    if value is None:
+        return "-"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e3:
+        return f"{value / 1e3:.1f}k"
+    return f"{value:.0f}"
 
 
 def outcome_notes(outcomes: list[Outcome]) -> list[str]:
@@ -211,14 +253,15 @@ def format_table(
         "rtt p99 µs",
         "64KiB GB/s",
         "1MiB GB/s",
-        "vs loop peer rtt/64K/1M",
+        f"{MSG_SIZE}B msgs/s",
+        "vs loop peer rtt/64K/1M/msgs",
     ]
     body: list[list[str]] = []
     for r in rows:
         ratio = "-"
         if r.vs_reference:
             ratio = " / ".join(
-                _num(r.vs_reference.get(k), 2) for k in ("rtt", "64KiB", "1MiB")
+                _num(r.vs_reference.get(k), 2) for k in ("rtt", "64KiB", "1MiB", "msgs")
             )
         rtt_med = r.rtt_median()
         p99 = None if r.rtt is None else float(r.rtt["p99_us"])
@@ -230,18 +273,19 @@ def format_table(
             _num(p99, 1),
             _num(r.gbps(CHUNKS[0]), 2),
             _num(r.gbps(CHUNKS[1]), 2),
+            _rate(r.msgs_rate()),
             ratio,
         ]
         if r.failed:
-            if rtt_med is None and not r.throughput:
-                cells[3:] = ["failed", "", "", "", ""]
+            if rtt_med is None and not r.throughput and r.msgs is None:
+                cells[3:] = ["failed", "", "", "", "", ""]
             else:
                 cells[0] += " [incomplete]"
         if r.variant == "capacity":
-            cells[3] = cells[4] = ""
+            cells[3] = cells[4] = cells[7] = ""
         body.append(cells)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    right = {3, 4, 5, 6}
+    right = {3, 4, 5, 6, 7}
 
     def line(cells: list[str]) -> str:
         return " | ".join(
@@ -269,12 +313,18 @@ def format_table(
         "GB/s: one-way, 10^9 bytes/s,",
         "  chunks of 64 KiB / 1 MiB, timed from the first send to the peer's "
         "acknowledgement (median of repetitions).",
+        f"msgs/s: {MSG_SIZE}-byte messages, one way, sent back to back, timed the "
+        "same way. Byte streams (aipc, pipes,",
+        "  asyncio, trio) keep no message boundaries: their peer counts bytes, "
+        "reading whatever has arrived;",
+        "  multiprocessing, faster_fifo and pyzmq deliver one message per "
+        "receive call.",
         f"Each row: {machine['rounds']} round(s) per placement, interleaved with the "
         "other rows' rounds; statistics over all of them.",
         "vs loop peer: aipc ÷ the same loop's own pipe streams in the same "
         "placement (asyncio pipe streams for",
         "  asyncio, uvloop pipe streams for uvloop, trio FdStream for trio); "
-        "rtt: < 1 is faster, GB/s: > 1 is faster.",
+        "rtt: < 1 is faster, GB/s, msgs/s: > 1 is faster.",
         f"(1 MiB capacity): F_SETPIPE_SZ {RAISED_CAPACITY} on the data pipe; "
         "other pipe rows use the default 64 KiB.",
         "CPUs (driver, peer): "
@@ -334,7 +384,15 @@ def machine_info(placements: list[Placement], rounds: int) -> dict[str, Any]:
         "implementation": sys.implementation.name,
         "packages": {
             name: v
-            for name in ("aipc", "anyio", "sniffio", "trio", "uvloop")
+            for name in (
+                "aipc",
+                "anyio",
+                "sniffio",
+                "trio",
+                "uvloop",
+                "pyzmq",
+                "faster-fifo",
+            )
             if (v := _version(name)) is not None
         },
         "pipe_max_size": _read_int("/proc/sys/fs/pipe-max-size"),
@@ -369,6 +427,9 @@ def write_json(
             "rtt_count": config.rtt_count,
             "tput_bytes": {_chunk_name(c): n for c, n in config.tput_bytes.items()},
             "tput_reps": config.tput_reps,
+            "msgs_count": config.msgs_count,
+            "msgs_reps": config.msgs_reps,
+            "msg_size": MSG_SIZE,
             "rounds": config.rounds,
         },
         "seconds": seconds,
@@ -385,6 +446,7 @@ def write_json(
                 "throughput": {
                     _chunk_name(c): t for c, t in sorted(r.throughput.items())
                 },
+                "msgs": r.msgs,
                 "reference": r.reference,
                 "vs_reference": r.vs_reference,
             }

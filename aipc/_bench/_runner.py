@@ -3,7 +3,8 @@ interleaves their measurement blocks, shows progress, cleans up, and hands the
 results to ``_report``.
 
 The orchestrator measures nothing itself. For every group it creates the kernel
-objects (pipes, eventfds, FIFOs in a private temporary directory), starts the
+objects (pipes, eventfds, FIFOs in a private temporary directory, the queues of
+the queue peers; pyzmq's peer binds its socket file in that directory), starts the
 peer and the driver with ``subprocess.Popen(..., pass_fds=...)`` in sessions of
 their own (so that Ctrl-C reaches only this process, which then kills them) and
 closes its own copies of the descriptors (so that each side sees end of stream
@@ -32,9 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from . import _report
+from . import _report, _share
 from ._plan import (
     BACKENDS,
+    DISTRIBUTIONS,
     MECHANISM_KEYS,
     MECHANISMS,
     REFERENCE_PEER,
@@ -178,9 +180,8 @@ def _plan(
 ) -> list[Group]:
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     selected = set(args.mechanism or MECHANISM_KEYS)
-    available = {
-        mod: importlib.util.find_spec(mod) is not None for mod in ("uvloop", "trio")
-    }
+    modules = {"uvloop", "trio"} | {mod for m in MECHANISMS for mod in m.requires}
+    available = {mod: importlib.util.find_spec(mod) is not None for mod in modules}
     for b in backends[:]:
         if b in available and not available[b]:
             notes.append(f"backend {b} skipped: {b} is not installed")
@@ -195,9 +196,8 @@ def _plan(
         else:
             missing = [m for m in mech.requires if not available.get(m, True)]
             if missing:
-                notes.append(
-                    f"{mech.label} skipped: {', '.join(missing)} not installed"
-                )
+                names = ", ".join(DISTRIBUTIONS.get(m, m) for m in missing)
+                notes.append(f"{mech.label} skipped: {names} not installed")
                 continue
             assert mech.loop is not None
             loops = [mech.loop]
@@ -289,6 +289,26 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
             res.driver.update(tx=ab.path, rx=ba.path)
             res.peer.update(tx=ba.path, rx=ab.path)
             return res
+        if family in ("mp-queue", "faster-fifo"):
+            a, b = _make_queues(family)
+            # the queues live here until the group ends: dropping them then
+            # closes their descriptors and (multiprocessing.Queue) unlinks
+            # their named semaphores; the children opened theirs at start-up
+            queues: list[object] = [a, b]
+            res.on_remove(queues.clear)
+            shared, fds = _share.dumps((a, b))
+            for role in (res.driver, res.peer):
+                role.update(tx=None, rx=None, shared=shared)
+            res.pass_driver += fds
+            res.pass_peer += fds
+            return res
+        if family == "zmq":
+            path = os.path.join(tmp, f"{index}-zmq.sock")
+            res.on_remove(lambda: _unlink_if_present(path))
+            address = f"ipc://{path}"
+            res.driver.update(tx=address, rx=address)
+            res.peer.update(tx=address, rx=address)
+            return res
         if family == "mp":
             c1, c2 = multiprocessing.Pipe()
             res.on_close(c1.close)
@@ -330,6 +350,28 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
         res.remove()
         raise
     return res
+
+
+def _make_queues(family: str) -> tuple[Any, Any]:
+    """Two queues, driver→peer and peer→driver."""
+    if family == "mp-queue":
+        # the spawn context: its locks are named semaphores a child can reopen
+        ctx = multiprocessing.get_context("spawn")
+        return ctx.Queue(), ctx.Queue()
+    import faster_fifo  # type: ignore[import-not-found]
+
+    # The circular buffer: 4 MiB, so that multiprocessing's heap gives it an
+    # arena of its own and closes that arena when the queue is dropped (it
+    # keeps smaller arenas for reuse).
+    size = 4 << 20
+    return faster_fifo.Queue(size), faster_fifo.Queue(size)
+
+
+def _unlink_if_present(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _spawn(
@@ -399,7 +441,12 @@ class _Live:
         self.peer: subprocess.Popen[bytes] | None = None
         self.driver: subprocess.Popen[bytes] | None = None
         self._buf = b""
-        self.res = _make_resources(group, tmp, index)
+        try:
+            self.res = _make_resources(group, tmp, index)
+        except Exception as exc:  # a peer's package may be installed but broken
+            self.res = _Resources()
+            self.outcome.error = f"could not create its objects: {exc!r}"
+            return
         try:
             with open(self.err_peer, "w") as ep, open(self.err_driver, "w") as ed:
                 self.peer = _spawn(
@@ -538,7 +585,12 @@ def _measure(
     for index, group in enumerate(groups):
         lives.append(_Live(group, index, tmp))
     for live in lives:
-        live.wait_for("ready", config.start_timeout, progress)
+        if not live.failed:
+            live.wait_for("ready", config.start_timeout, progress)
+        if live.failed:
+            g = live.group
+            first = live.outcome.error.splitlines()[0]
+            progress.say(f"{g.mechanism.label} [{g.backend}] failed: {first}")
     nblocks = len(groups[0].blocks)
     for k in range(nblocks):
         # rotate the order, so that no row always follows the same neighbour
@@ -592,13 +644,16 @@ def run(args: argparse.Namespace) -> int:
     interrupted = False
     tmp = tempfile.mkdtemp(prefix="aipc-bench-")
     try:
-        _measure(groups, tmp, config, progress, lives)
+        with _share.stop_tracker_after():
+            try:
+                _measure(groups, tmp, config, progress, lives)
+            finally:
+                for live in lives:
+                    live.stop()
     except KeyboardInterrupt:
         interrupted = True
         progress.say("interrupted: children killed, temporary files removed")
     finally:
-        for live in lives:
-            live.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         progress.finish()
     seconds = time.perf_counter() - started
