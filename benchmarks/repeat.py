@@ -65,6 +65,9 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for r in rows
         ]
 
+    def msgs() -> list[float | None]:
+        return [r["msgs"]["per_s"] if r.get("msgs") else None for r in rows]
+
     def ratio(name: str) -> list[float | None]:
         return [r["vs_reference"].get(name) for r in rows]
 
@@ -79,12 +82,21 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "rtt_median_spread": spread,
         "64KiB_gbps": _median(tput("64KiB")),
         "1MiB_gbps": _median(tput("1MiB")),
-        "vs_reference": {k: _median(ratio(k)) for k in ("rtt", "64KiB", "1MiB")},
+        "msgs_per_s": _median(msgs()),
+        "vs_reference": {
+            k: _median(ratio(k)) for k in ("rtt", "64KiB", "1MiB", "msgs")
+        },
     }
 
 
 def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
 
 
 def _table(order: list[Key], summaries: dict[Key, dict[str, Any]]) -> str:
@@ -98,7 +110,8 @@ def _table(order: list[Key], summaries: dict[Key, dict[str, Any]]) -> str:
         "rtt p99 µs",
         "64KiB GB/s",
         "1MiB GB/s",
-        "vs loop peer rtt/64K/1M",
+        "64B msgs/s",
+        "vs loop peer rtt/64K/1M/msgs",
     ]
     body = []
     for key in order:
@@ -116,13 +129,14 @@ def _table(order: list[Key], summaries: dict[Key, dict[str, Any]]) -> str:
                 _fmt(s["rtt_p99_us"], 1),
                 _fmt(s["64KiB_gbps"], 2),
                 _fmt(s["1MiB_gbps"], 2),
-                " / ".join(_fmt(ratios[k], 2) for k in ("rtt", "64KiB", "1MiB"))
+                _rate(s["msgs_per_s"]),
+                " / ".join(_fmt(ratios[k], 2) for k in ("rtt", "64KiB", "1MiB", "msgs"))
                 if any(v is not None for v in ratios.values())
                 else "-",
             ]
         )
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    right = set(range(3, 9))
+    right = set(range(3, 10))
 
     def line(cells: list[str]) -> str:
         return " | ".join(
