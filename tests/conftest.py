@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +38,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     for param in BACKENDS:
         name, options = param.values[0]  # type: ignore[misc]
         anyio.run(nothing, backend=name, backend_options=options)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the run's private registry (each test checked it was left empty)."""
+    shutil.rmtree(_STATE, ignore_errors=True)
 
 
 @pytest.fixture(params=BACKENDS)
