@@ -305,9 +305,10 @@ async def open_fifo_receiver(
     Raises ``FileNotFoundError`` and :class:`NotAFifoError`.
 
     **Cancellation:** nothing stays open. A cancelled ``wait_for_writer`` is
-    interrupted by opening the FIFO for writing for an instant: another reader
+    interrupted by opening the FIFO read-write for an instant: another reader
     of the same FIFO that is not ``keep_open`` may see a writer come and go
-    (and so an end of stream).
+    (and so an end of stream), and another writer blocked in its own open may
+    see a reader come and go.
     """
     p = _fspath(path)
     _check_fifo(p)
