@@ -3,8 +3,11 @@ thread, under one contract: a cancelled wait either never happened or is undone.
 
 Only blocking FIFO opens use it so far: ``open(2)`` on a FIFO waits for the other
 side with no descriptor to poll. A cancelled open is *interrupted* by briefly
-opening the other side ourselves (non-blocking), which makes the blocked
-``open`` return; the fd it returns is then closed, so nothing leaks and the
+opening the other side ourselves (non-blocking; read-write when the other side
+is the writer, since a non-blocking write-only open fails without a reader),
+which makes the blocked ``open`` return. That descriptor stays open until the
+thread is done, so the interrupt also works if the thread has not reached its
+``open`` yet. The fd the thread got is then closed: nothing leaks and the
 worker thread is never left blocked.
 """
 
