@@ -264,11 +264,6 @@ class FifoReceiveStream(PipeReceiveStream):
             self._keeper.close()
         super().close()
 
-    def __repr__(self) -> str:
-        fd = self._handle.fd
-        state = "closed" if fd < 0 else f"fd={fd}"
-        return f"<FifoReceiveStream {self.path!r} {state} received={self._bytes}B>"
-
 
 class FifoSendStream(PipeSendStream):
     """The write end of a FIFO, as an anyio :class:`~anyio.abc.ByteSendStream`.
@@ -282,11 +277,6 @@ class FifoSendStream(PipeSendStream):
     def __init__(self, handle: FdHandle, path: str = "") -> None:
         super().__init__(handle)
         self.path = path
-
-    def __repr__(self) -> str:
-        fd = self._handle.fd
-        state = "closed" if fd < 0 else f"fd={fd}"
-        return f"<FifoSendStream {self.path!r} {state} sent={self._bytes}B>"
 
 
 async def open_fifo_receiver(

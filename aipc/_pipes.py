@@ -33,7 +33,7 @@ def pipe_max_size() -> int:
         return int(f.read())
 
 
-def _set_capacity(fd: int, capacity: int) -> int:
+def _check_capacity(capacity: int) -> None:
     if not isinstance(capacity, int) or isinstance(capacity, bool):
         raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
     if capacity < 1:
@@ -47,6 +47,9 @@ def _set_capacity(fd: int, capacity: int) -> int:
             _PIPE_MAX_SIZE_PATH,
             f"raise it with 'sysctl fs.pipe-max-size={capacity}' (as root)",
         )
+
+
+def _apply_capacity(fd: int, capacity: int) -> int:
     try:
         return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, capacity)
     except OSError as exc:
@@ -98,7 +101,41 @@ def _adopt(fd: int, readable: bool, what: str) -> int:
     return new
 
 
-class PipeReceiveStream(FdReceiveStream):
+class _PipeEnd:
+    """What both pipe ends add to the fd stream: hand-off and the capacity."""
+
+    _what = "pipe"
+    _readable: bool
+    _handle: FdHandle
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Self:
+        """Take ownership of ``fd``, a pipe end of this stream's direction.
+
+        If the fd's open file description is in blocking mode (it may be shared:
+        stdin, a pipe inherited from a shell), it is never switched to
+        non-blocking; the pipe is reopened through ``/proc/self/fd`` into a
+        private description and ``fd`` is closed. To read stdin without giving
+        it up, pass ``os.dup(0)``. On error ``fd`` stays the caller's.
+        """
+        return cls(FdHandle(_adopt(fd, cls._readable, cls._what), cls._what))  # type: ignore[call-arg]
+
+    @property
+    def capacity(self) -> int:
+        """The kernel buffer size of the pipe, in bytes."""
+        return fcntl.fcntl(self._handle.fileno(), fcntl.F_GETPIPE_SZ)
+
+    def set_capacity(self, capacity: int) -> int:
+        """Resize the kernel buffer (F_SETPIPE_SZ); returns the size granted.
+
+        Raises ``LimitExceededError`` beyond ``fs.pipe-max-size`` or the user's
+        pipe budget, ``ValueError`` for sizes below 1 or below the queued data.
+        """
+        _check_capacity(capacity)
+        return _apply_capacity(self._handle.fileno(), capacity)
+
+
+class PipeReceiveStream(_PipeEnd, FdReceiveStream):
     """The read end of a pipe, as an anyio :class:`~anyio.abc.ByteReceiveStream`.
 
     The stream owns its fd and closes it on ``aclose()``. ``receive()`` raises
@@ -107,40 +144,10 @@ class PipeReceiveStream(FdReceiveStream):
     with :meth:`from_fd`.
     """
 
-    _what = "pipe"
-
-    @classmethod
-    def from_fd(cls, fd: int) -> Self:
-        """Take ownership of ``fd``, the read end of a pipe, and wrap it.
-
-        If the fd's open file description is in blocking mode (it may be shared:
-        stdin, a pipe inherited from a shell), it is never switched to
-        non-blocking; the pipe is reopened through ``/proc/self/fd`` into a
-        private description and ``fd`` is closed. To read stdin without giving
-        it up, pass ``os.dup(0)``.
-        """
-        return cls(FdHandle(_adopt(fd, True, cls._what), cls._what))
-
-    @property
-    def capacity(self) -> int:
-        """The kernel buffer size of the pipe, in bytes."""
-        return fcntl.fcntl(self.fileno(), fcntl.F_GETPIPE_SZ)
-
-    def set_capacity(self, capacity: int) -> int:
-        """Resize the kernel buffer (F_SETPIPE_SZ); returns the size granted.
-
-        Raises ``LimitExceededError`` beyond ``fs.pipe-max-size`` or the user's
-        pipe budget, ``ValueError`` for sizes below 1 or below the queued data.
-        """
-        return _set_capacity(self.fileno(), capacity)
-
-    def __repr__(self) -> str:
-        fd = self._handle.fd
-        state = "closed" if fd < 0 else f"fd={fd}"
-        return f"<{type(self).__name__} {state} received={self._bytes}B>"
+    _readable = True
 
 
-class PipeSendStream(FdSendStream):
+class PipeSendStream(_PipeEnd, FdSendStream):
     """The write end of a pipe, as an anyio :class:`~anyio.abc.ByteSendStream`.
 
     The stream owns its fd and closes it on ``aclose()``. Sends of at most
@@ -149,33 +156,7 @@ class PipeSendStream(FdSendStream):
     child with ``pass_fds=[stream.fileno()]`` and rebuild it with :meth:`from_fd`.
     """
 
-    _what = "pipe"
-
-    @classmethod
-    def from_fd(cls, fd: int) -> Self:
-        """Take ownership of ``fd``, the write end of a pipe, and wrap it.
-
-        A blocking (possibly shared) description is reopened privately through
-        ``/proc/self/fd`` and ``fd`` closed; see :meth:`PipeReceiveStream.from_fd`.
-        """
-        return cls(FdHandle(_adopt(fd, False, cls._what), cls._what))
-
-    @property
-    def capacity(self) -> int:
-        """The kernel buffer size of the pipe, in bytes."""
-        return fcntl.fcntl(self.fileno(), fcntl.F_GETPIPE_SZ)
-
-    def set_capacity(self, capacity: int) -> int:
-        """Resize the kernel buffer (F_SETPIPE_SZ); returns the size granted.
-
-        See :meth:`PipeReceiveStream.set_capacity`.
-        """
-        return _set_capacity(self.fileno(), capacity)
-
-    def __repr__(self) -> str:
-        fd = self._handle.fd
-        state = "closed" if fd < 0 else f"fd={fd}"
-        return f"<{type(self).__name__} {state} sent={self._bytes}B>"
+    _readable = False
 
 
 def create_pipe(
@@ -192,15 +173,11 @@ def create_pipe(
     system maximum and ``ValueError`` for one below 1; nothing is left open.
     """
     if capacity is not None:
-        # validate before creating anything
-        if not isinstance(capacity, int) or isinstance(capacity, bool):
-            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
-        if capacity < 1:
-            raise ValueError(f"capacity must be at least 1 byte, got {capacity}")
+        _check_capacity(capacity)  # before anything is created
     r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         if capacity is not None:
-            _set_capacity(w, capacity)
+            _apply_capacity(w, capacity)
     except BaseException:
         os.close(r)
         os.close(w)

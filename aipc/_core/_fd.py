@@ -258,13 +258,7 @@ class FdHandle:
         self._fd = -1
         # 2. wake our waiters and anyio's, and drop loop registrations while the
         #    number still names this file
-        for watcher in (self._rwatch, self._wwatch):
-            if watcher is not None:
-                try:
-                    watcher.close()
-                except RuntimeError:
-                    pass  # the loop is closed already: nothing is registered there
-        self._rwatch = self._wwatch = None
+        self._drop_watchers()
         try:
             anyio.notify_closing(fd)
         except (RuntimeError, sniffio.AsyncLibraryNotFoundError):
@@ -275,12 +269,18 @@ class FdHandle:
     def detach(self) -> int:
         """Give up ownership: return the fd, which this handle will not close."""
         fd = self.fileno()
-        for watcher in (self._rwatch, self._wwatch):
-            if watcher is not None:
-                watcher.close()
-        self._rwatch = self._wwatch = None
+        self._drop_watchers()
         self._fd = -1
         return fd
+
+    def _drop_watchers(self) -> None:
+        for watcher in (self._rwatch, self._wwatch):
+            if watcher is not None:
+                try:
+                    watcher.close()
+                except RuntimeError:
+                    pass  # the loop is closed already: nothing is registered there
+        self._rwatch = self._wwatch = None
 
     # These return the awaitable instead of being coroutines themselves: one
     # frame less to create and to resume through on every message.

@@ -7,9 +7,9 @@ Writes never block: an addition that would overflow the counter fails at once.
 
 from __future__ import annotations
 
-import errno
 import os
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 
@@ -163,39 +163,42 @@ class Notifier:
         self._waiting = True
         try:
             handle = self._handle
-            waited = False
-            while True:
-                fd = handle.fd
-                if fd < 0:
-                    if not waited:
-                        await checkpoint()
-                    raise anyio.ClosedResourceError
+            fd = handle.fd
+            if fd < 0:
+                await checkpoint()
+                raise anyio.ClosedResourceError
+            put_back = partial(self._put_back, fd)
+            try:
                 try:
                     value = os.eventfd_read(fd)
                 except BlockingIOError:
                     self._sleeps += 1
-                    waited = True
-                    await handle.wait_readable()
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.EBADF and handle.closed:
-                        raise anyio.ClosedResourceError from exc
-                    raise
-                break
-            if not waited:
-                try:
-                    await checkpoint()
-                except BaseException:
-                    # put back what we took so that a cancelled wait takes nothing;
-                    # if the handle was closed meanwhile, the number may belong to
-                    # another file now: the count goes with the closed handle
-                    if handle.fd == fd:
-                        os.eventfd_write(fd, value)
-                    raise
+                    # the loop callback makes the read (see FdHandle); a count
+                    # read for a wait cancelled before it resumed is put back
+                    value = await handle.read_when_ready(
+                        partial(os.eventfd_read, fd), put_back
+                    )
+                else:
+                    try:
+                        await checkpoint()
+                    except BaseException:
+                        put_back(value)
+                        raise
+            except OSError as exc:
+                raise translate_os_error(
+                    exc, closed=handle.closed, what="eventfd"
+                ) from exc
             self._waits_completed += 1
             return value
         finally:
             self._waiting = False
+
+    def _put_back(self, fd: int, value: int) -> None:
+        # Undo the read of a cancelled wait, so that it took nothing. If the
+        # handle was closed meanwhile, the number may belong to another file
+        # now: the count goes with the closed handle.
+        if self._handle.fd == fd:
+            os.eventfd_write(fd, value)
 
     def statistics(self) -> EventFdStatistics:
         """Counters of this handle (no syscall)."""

@@ -80,16 +80,15 @@ def _write_blocking_sigpipe(fd: int, data: bytes | bytearray | memoryview) -> in
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-class FdReceiveStream(ByteReceiveStream):
-    """Receiving end over a non-blocking fd; subclasses add the public surface."""
+class _FdEnd:
+    """What both ends share: the owned fd, its counters, closing, the repr."""
 
     _handle: FdHandle
+    _counted = "bytes"  # how the repr labels the byte counter
+    path = ""  # a FIFO end's path, for the repr
 
     def __init__(self, handle: FdHandle) -> None:
         self._handle = handle
-        self._receiving = False
-        self._pending = b""
-        self._expect_empty = False
         self._bytes = self._ops = self._syscalls = self._waits = 0
 
     def fileno(self) -> int:
@@ -104,6 +103,33 @@ class FdReceiveStream(ByteReceiveStream):
     def statistics(self) -> StreamStatistics:
         """Byte, call, syscall and wait counters of this end."""
         return StreamStatistics(self._bytes, self._ops, self._syscalls, self._waits)
+
+    async def aclose(self) -> None:
+        """Close this end (idempotent). Closes the fd even when cancelled."""
+        self._handle.close()
+        await checkpoint()
+
+    def close(self) -> None:
+        """Close this end synchronously (idempotent)."""
+        self._handle.close()
+
+    def __repr__(self) -> str:
+        fd = self._handle.fd
+        state = "closed" if fd < 0 else f"fd={fd}"
+        where = f" {self.path!r}" if self.path else ""
+        return f"<{type(self).__name__}{where} {state} {self._counted}={self._bytes}B>"
+
+
+class FdReceiveStream(_FdEnd, ByteReceiveStream):
+    """Receiving end over a non-blocking fd; subclasses add the public surface."""
+
+    _counted = "received"
+
+    def __init__(self, handle: FdHandle) -> None:
+        super().__init__(handle)
+        self._receiving = False
+        self._pending = b""
+        self._expect_empty = False
 
     def _keep(self, data: bytes) -> None:
         # a read completed for a receive that was cancelled before it returned
@@ -190,39 +216,16 @@ class FdReceiveStream(ByteReceiveStream):
         finally:
             self._receiving = False
 
-    async def aclose(self) -> None:
-        """Close this end (idempotent). Closes the fd even when cancelled."""
-        self._handle.close()
-        await checkpoint()
 
-    def close(self) -> None:
-        """Close this end synchronously (idempotent)."""
-        self._handle.close()
-
-
-class FdSendStream(ByteSendStream):
+class FdSendStream(_FdEnd, ByteSendStream):
     """Sending end over a non-blocking fd; subclasses add the public surface."""
 
-    _handle: FdHandle
+    _counted = "sent"
 
     def __init__(self, handle: FdHandle) -> None:
-        self._handle = handle
+        super().__init__(handle)
         self._sending = False
         self._broken = False
-        self._bytes = self._ops = self._syscalls = self._waits = 0
-
-    def fileno(self) -> int:
-        """The descriptor (owned by this stream; do not close it)."""
-        return self._handle.fileno()
-
-    @property
-    def closed(self) -> bool:
-        """Whether this end has been closed."""
-        return self._handle.closed
-
-    def statistics(self) -> StreamStatistics:
-        """Byte, call, syscall and wait counters of this end."""
-        return StreamStatistics(self._bytes, self._ops, self._syscalls, self._waits)
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
         """Send all of ``item``, waiting while the kernel buffer is full.
@@ -302,12 +305,3 @@ class FdSendStream(ByteSendStream):
             await checkpoint()
             raise anyio.ClosedResourceError
         await handle.wait_writable()
-
-    async def aclose(self) -> None:
-        """Close this end (idempotent). Closes the fd even when cancelled."""
-        self._handle.close()
-        await checkpoint()
-
-    def close(self) -> None:
-        """Close this end synchronously (idempotent)."""
-        self._handle.close()
