@@ -1,0 +1,179 @@
+"""The Linux system calls the stdlib lacks, through ctypes (Linux only).
+
+``signalfd``, raw ``sigaction`` save and restore, ``pidfd_send_signal`` with a
+``siginfo_t`` (the stdlib only sends without one) and ``pidfd_getfd``. The
+pidfd calls are new enough (Linux 5.1+) to have one system call number on
+every architecture; ``rt_sigqueueinfo`` has not, so a payload to a pid goes
+through a short-lived pidfd instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import struct
+from collections.abc import Iterable
+
+__all__ = [
+    "SIGNALFD_SIGINFO_SIZE",
+    "SI_QUEUE",
+    "SI_TKILL",
+    "SI_USER",
+    "pidfd_getfd",
+    "pidfd_send_signal",
+    "restore_sigaction",
+    "save_sigaction",
+    "signalfd",
+    "unpack_signalfd_siginfo",
+]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+# unified system call numbers (the same on every architecture since 5.1)
+_SYS_PIDFD_SEND_SIGNAL = 424
+_SYS_PIDFD_GETFD = 438
+
+SI_USER = 0
+SI_QUEUE = -1
+SI_TKILL = -6
+
+_SFD_NONBLOCK = os.O_NONBLOCK
+_SFD_CLOEXEC = os.O_CLOEXEC
+
+# glibc's sigset_t: 1024 bits as unsigned longs; signal n is bit n - 1
+_SigSet = ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))
+_WORD_BITS = 8 * ctypes.sizeof(ctypes.c_ulong)
+
+# struct signalfd_siginfo: the fields aipc reads, then padding to 128 bytes
+_SIGNALFD_SIGINFO = struct.Struct("=IiiIIiIIIIiiQQQQ")
+SIGNALFD_SIGINFO_SIZE = 128
+
+
+
+class _SigAction(ctypes.Structure):
+    # glibc's struct sigaction (x86-64, aarch64 and the other 64-bit ports)
+    _fields_ = [
+        ("handler", ctypes.c_void_p),
+        ("mask", _SigSet),
+        ("flags", ctypes.c_int),
+        ("restorer", ctypes.c_void_p),
+    ]
+
+
+# the kernel's signal mask is 64 bits; glibc copies 1024 into sa_mask on the
+# way out, the rest of them stack garbage, which a saved disposition drops
+_KERNEL_MASK_WORDS = 64 // _WORD_BITS
+# glibc adds SA_RESTORER and its own trampoline to every sigaction it makes: a
+# saved disposition leaves them out, so that saving what was restored compares
+# equal to what was saved
+_SA_RESTORER = 0x04000000
+
+
+def _raise_errno(what: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _sigset(signals: Iterable[int]) -> _SigSet:
+    mask = _SigSet()
+    for sig in signals:
+        word, bit = divmod(sig - 1, _WORD_BITS)
+        mask[word] |= 1 << bit
+    return mask
+
+
+def signalfd(fd: int, signals: Iterable[int]) -> int:
+    """Create (``fd=-1``) or re-mask a signalfd; non-blocking, close-on-exec."""
+    mask = _sigset(signals)
+    result = _libc.signalfd(fd, ctypes.byref(mask), _SFD_NONBLOCK | _SFD_CLOEXEC)
+    if result < 0:
+        _raise_errno("signalfd")
+    return int(result)
+
+
+def unpack_signalfd_siginfo(
+    data: bytes, offset: int
+) -> tuple[int, int, int, int, int, int, int]:
+    """(signo, code, pid, uid, status, int value, errno) from one record."""
+    (signo, err, code, pid, uid, _fd, _tid, _band, _overrun, _trapno, status, value,
+     _ptr, _utime, _stime, _addr) = _SIGNALFD_SIGINFO.unpack_from(data, offset)  # fmt: skip
+    return signo, code, pid, uid, status, value, err
+
+
+def save_sigaction(sig: int) -> bytes:
+    """The kernel's whole disposition for ``sig`` (handler, flags, mask)."""
+    action = _SigAction()
+    if _libc.sigaction(sig, None, ctypes.byref(action)) != 0:
+        _raise_errno("sigaction")
+    for i in range(_KERNEL_MASK_WORDS, len(action.mask)):
+        action.mask[i] = 0
+    action.flags &= ~_SA_RESTORER
+    action.restorer = None
+    return bytes(action)
+
+
+def restore_sigaction(sig: int, saved: bytes) -> None:
+    """Put back exactly what :func:`save_sigaction` returned."""
+    action = _SigAction.from_buffer_copy(saved)
+    if _libc.sigaction(sig, ctypes.byref(action), None) != 0:
+        _raise_errno("sigaction")
+
+
+class _SigVal(ctypes.Union):
+    _fields_ = [("sival_int", ctypes.c_int), ("sival_ptr", ctypes.c_void_p)]
+
+
+class _Rt(ctypes.Structure):
+    _fields_ = [("pid", ctypes.c_int), ("uid", ctypes.c_uint), ("value", _SigVal)]
+
+
+class _SigInfoFields(ctypes.Union):
+    _fields_ = [("rt", _Rt), ("_pad", ctypes.c_char * 112)]
+
+
+class _SigInfo(ctypes.Structure):
+    _fields_ = [
+        ("si_signo", ctypes.c_int),
+        ("si_errno", ctypes.c_int),
+        ("si_code", ctypes.c_int),
+        ("fields", _SigInfoFields),
+    ]
+
+
+def pidfd_send_signal(pidfd: int, sig: int, value: int | None) -> None:
+    """Send ``sig`` through a pidfd; with ``value``, as ``sigqueue`` would.
+
+    Raises ``ProcessLookupError`` if the process has exited, and
+    ``BlockingIOError`` when its queue of pending realtime signals is full.
+    """
+    if value is None:
+        signal.pidfd_send_signal(pidfd, sig)
+        return
+    info = _SigInfo()
+    info.si_signo = sig
+    info.si_code = SI_QUEUE
+    info.fields.rt.pid = os.getpid()
+    info.fields.rt.uid = os.getuid()
+    info.fields.rt.value.sival_int = value
+    if _libc.syscall(_SYS_PIDFD_SEND_SIGNAL, pidfd, sig, ctypes.byref(info), 0) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EAGAIN:
+            raise BlockingIOError(
+                err,
+                "the process's queue of pending signals is full (RLIMIT_SIGPENDING): "
+                "its receiver is not keeping up; try again later",
+            )
+        # OSError picks the subclass: ProcessLookupError, PermissionError, ...
+        raise OSError(err, f"pidfd_send_signal: {os.strerror(err)}")
+
+
+def pidfd_getfd(pidfd: int, target_fd: int) -> int:
+    """Duplicate another process's ``target_fd`` into this one (close-on-exec)."""
+    result = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, target_fd, 0)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"pidfd_getfd: {os.strerror(err)}")
+    return int(result)
