@@ -34,12 +34,23 @@ from ._pipes import (
     create_pipe,
     pipe_max_size,
 )
+from ._signals import (
+    SIGNAL_VALUE_MAX,
+    SIGNAL_VALUE_MIN,
+    SignalInfo,
+    SignalReceiver,
+    SignalReceiverStatistics,
+    open_signal_receiver,
+    send_signal,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EVENTFD_MAX",
     "PIPE_BUF",
+    "SIGNAL_VALUE_MAX",
+    "SIGNAL_VALUE_MIN",
     "AipcError",
     "EventFd",
     "EventFdOverflowError",
@@ -52,6 +63,9 @@ __all__ = [
     "NotAFifoError",
     "PipeReceiveStream",
     "PipeSendStream",
+    "SignalInfo",
+    "SignalReceiver",
+    "SignalReceiverStatistics",
     "StreamStatistics",
     "clean",
     "create_fifo",
@@ -59,5 +73,7 @@ __all__ = [
     "list_objects",
     "open_fifo_receiver",
     "open_fifo_sender",
+    "open_signal_receiver",
     "pipe_max_size",
+    "send_signal",
 ]

@@ -1,24 +1,57 @@
-"""Signals with sender info and sigqueue payloads, through signalfd (Linux only)."""
+"""Signals with sender info and sigqueue payloads, through signalfd (Linux only).
+
+One process-wide hub owns one signalfd covering every signal some receiver is
+open for. Reading a signalfd consumes the signal, so the hub hands each record
+to every open receiver of that signal. No task runs in the background: the
+first receiver that finds its queue empty and no reader at work becomes the
+*reader* and waits on the signalfd; the others wait on their own event until
+the reader hands them something or leaves (then one of them takes over).
+
+signalfd only sees *blocked* signals: a receiver blocks its signals in the main
+thread, so that every thread started from it afterwards inherits the block, and
+installs a fallback handler for the threads that do not block them (started
+before, or by C code). The kernel may deliver a signal to such a thread; the
+handler then runs in the main thread and raises the signal again at the main
+thread, where it is blocked and so goes to the signalfd. Such a signal arrives
+without its sender (``pid``, ``uid``, ``code`` and ``value`` are ``None``).
+"""
 
 from __future__ import annotations
 
 import os
+import select
 import signal
-from typing import Protocol
+import threading
+from collections import deque
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Protocol, Self
+
+import anyio
+from anyio.abc import ObjectReceiveStream
 
 from ._core import _sys
 from ._core._errors import LimitExceededError
+from ._core._fd import FdHandle, checkpoint
 
-__all__ = ["SIGNAL_VALUE_MAX", "SIGNAL_VALUE_MIN", "send_signal"]
+__all__ = [
+    "SIGNAL_VALUE_MAX",
+    "SIGNAL_VALUE_MIN",
+    "SignalInfo",
+    "SignalReceiver",
+    "SignalReceiverStatistics",
+    "open_signal_receiver",
+    "send_signal",
+]
 
 #: The payload range of :func:`send_signal`: ``sigqueue``'s ``sival_int``.
 SIGNAL_VALUE_MIN: int = -(2**31)
 SIGNAL_VALUE_MAX: int = 2**31 - 1
 
-_UNCATCHABLE = {signal.SIGKILL: "SIGKILL", signal.SIGSTOP: "SIGSTOP"}
+_UNCATCHABLE: dict[int, str] = {signal.SIGKILL: "SIGKILL", signal.SIGSTOP: "SIGSTOP"}
 # raised by the CPU for the faulting thread: blocked, the kernel kills the
 # process instead of queueing them, so no signalfd can ever see a real one
-_FAULTS = {
+_FAULTS: dict[int, str] = {
     signal.SIGSEGV: "SIGSEGV",
     signal.SIGBUS: "SIGBUS",
     signal.SIGFPE: "SIGFPE",
@@ -117,7 +150,8 @@ def send_signal(
             target.send_signal(signum, value)
             return
         raise TypeError(
-            f"target must be a pid (int) or an aipc.Process, not {type(target).__name__}"
+            "target must be a pid (int) or an aipc.Process, "
+            f"not {type(target).__name__}"
         )
     sig = _check_signal(signum)
     payload = _check_value(value)
@@ -128,11 +162,509 @@ def send_signal(
         )
     if payload is None:
         os.kill(target, sig)
-        return
-    # sigqueue(3) through a pidfd: the pidfd calls share one system call number
-    # on every architecture, rt_sigqueueinfo does not
-    pidfd = os.pidfd_open(target)
+    else:
+        _sys.sigqueue(target, sig, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class SignalInfo:
+    """One received signal, with what the kernel says about its sender.
+
+    Attributes:
+        signum: the signal number (a ``signal.Signals`` member where there is
+            one; realtime signals are plain ints).
+        pid: the sender's pid; ``None`` when unknown (see below).
+        uid: the sender's real uid; ``None`` when unknown.
+        code: ``si_code``: ``SI_USER`` (0, from ``kill``), ``SI_QUEUE`` (-1,
+            from ``sigqueue`` or :func:`send_signal` with a value), ``SI_TKILL``
+            (-6, ``tgkill``/``raise``), ``SI_KERNEL`` (0x80), or for
+            ``SIGCHLD`` one of ``os.CLD_EXITED``, ``os.CLD_KILLED``, ...;
+            ``None`` when unknown.
+        value: the payload of a ``SI_QUEUE`` signal (a signed 32-bit int),
+            else ``None``.
+        status: for ``SIGCHLD``, the child's exit status (``CLD_EXITED``) or
+            the signal that stopped or killed it; else ``None``.
+
+    ``pid``, ``uid``, ``code`` and ``value`` are all ``None`` when the kernel
+    delivered the signal to a thread that did not block it, so that aipc's
+    fallback handler caught it without its ``siginfo`` (see the docs on
+    threads). For ``SI_QUEUE`` signals ``pid`` and ``uid`` are what the sender
+    wrote into its ``siginfo``: the kernel checks them only for ``SI_USER``.
+    """
+
+    signum: int
+    pid: int | None
+    uid: int | None
+    code: int | None
+    value: int | None
+    status: int | None
+
+    @property
+    def name(self) -> str:
+        """``"SIGUSR1"``, ``"SIGRTMIN+3"``, ..."""
+        return _signal_name(self.signum)
+
+
+@dataclass(frozen=True)
+class SignalReceiverStatistics:
+    """Counters of one signal receiver.
+
+    Attributes:
+        received: records returned by ``receive()`` / the iteration.
+        queued: records waiting in this receiver now.
+        coalesced: standard signals dropped because the same signal was still
+            queued here unread (the kernel coalesces them the same way).
+        without_sender: records caught by the fallback handler (no sender info).
+    """
+
+    received: int
+    queued: int
+    coalesced: int
+    without_sender: int
+
+
+def _as_signum(signum: int) -> int:
     try:
-        _sys.pidfd_send_signal(pidfd, sig, payload)
-    finally:
-        os.close(pidfd)
+        return signal.Signals(signum)
+    except ValueError:
+        return signum
+
+
+class _Saved:
+    """What the first receiver of a signal changed, to put back exactly."""
+
+    __slots__ = ("blocked", "python_handler", "sigaction")
+
+    def __init__(self, signum: int, blocked: bool) -> None:
+        self.python_handler = signal.getsignal(signum)
+        self.sigaction = _sys.save_sigaction(signum)
+        self.blocked = blocked
+
+
+class _Hub:
+    """The process's one signalfd and the receivers it feeds (main thread only)."""
+
+    def __init__(self) -> None:
+        # the reader waits on ``handle``, an epoll set of the signalfd and, when
+        # aipc had to set the wakeup fd itself, of the wakeup pipe
+        self.handle: FdHandle | None = None
+        self.signalfd: FdHandle | None = None
+        self.wake_r: FdHandle | None = None
+        self.wake_w: FdHandle | None = None
+        self.epoll: select.epoll | None = None
+        self.wakeup_checked = False
+        self.receivers: dict[int, list[SignalReceiver]] = {}
+        self.saved: dict[int, _Saved] = {}
+        self.reader: SignalReceiver | None = None
+        self.reader_scope: anyio.CancelScope | None = None
+        self.followers: dict[SignalReceiver, anyio.Event] = {}
+        # signals the fallback handler raised again; a record of a standard
+        # signal coalesces with any other, so for those this is 0 or 1
+        self.rerouted: dict[int, int] = {}
+        self.pid = os.getpid()
+
+    # -- subscription (open and close) ----------------------------------------
+
+    def subscribe(self, receiver: SignalReceiver, signums: list[int]) -> None:
+        new = [sig for sig in signums if sig not in self.receivers]
+        if new:
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, new)
+            try:
+                self._remask(set(self.receivers) | set(new))
+            except BaseException:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                raise
+            for sig in new:
+                # block first, then handle: the fallback raises the signal at
+                # the main thread again, which must already block it
+                self.saved[sig] = _Saved(sig, sig in blocked)
+                signal.signal(sig, _fallback)
+        for sig in signums:
+            self.receivers.setdefault(sig, []).append(receiver)
+
+    def unsubscribe(self, receiver: SignalReceiver) -> None:
+        gone = []
+        for sig in receiver.signals:
+            listeners = self.receivers.get(sig, [])
+            if receiver in listeners:
+                listeners.remove(receiver)
+            if not listeners:
+                self.receivers.pop(sig, None)
+                gone.append(sig)
+        if self.reader is receiver and self.reader_scope is not None:
+            try:
+                self.reader_scope.cancel()  # the reader leaves, and wakes the others
+            except RuntimeError:
+                pass  # its event loop is gone: nothing waits there any more
+        event = self.followers.pop(receiver, None)
+        if event is not None:
+            event.set()
+        if not gone:
+            return
+        # Stop reading the signals first, then restore the disposition, then
+        # the mask: unblocking lets the kernel deliver what is still pending to
+        # the previous disposition, as if aipc had never been there.
+        self._remask(set(self.receivers))
+        unblock = []
+        for sig in gone:
+            saved = self.saved.pop(sig)
+            handler = saved.python_handler
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+            _sys.restore_sigaction(sig, saved.sigaction)
+            self.rerouted.pop(sig, None)
+            if not saved.blocked:
+                unblock.append(sig)
+        if unblock:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
+        # what this last receiver had read from the kernel but not taken goes
+        # back the same way (it was the last copy)
+        self._redeliver([info for info in receiver.queue if info.signum in gone])
+
+    def _redeliver(self, infos: list[SignalInfo]) -> None:
+        for info in infos:
+            if info.value is None:
+                signal.raise_signal(info.signum)
+            else:
+                _sys.sigqueue(os.getpid(), info.signum, info.value)
+
+    def _remask(self, signums: set[int]) -> None:
+        if self.signalfd is not None:
+            if signums:
+                _sys.signalfd(self.signalfd.fileno(), signums)
+            else:
+                self._close()
+            return
+        if not signums:
+            return
+        self.signalfd = FdHandle(_sys.signalfd(-1, signums), "signalfd")
+        self.epoll = select.epoll()
+        try:
+            self.epoll.register(self.signalfd.fileno(), select.EPOLLIN)
+            # the epoll object closes its own fd; the hub waits on a dup of it
+            self.handle = FdHandle(os.dup(self.epoll.fileno()), "epoll")
+        except BaseException:
+            self._close()
+            raise
+
+    def _ensure_wakeup(self) -> None:
+        # Python's C signal handler, run in whichever thread the kernel picked,
+        # sets a flag for the main thread and writes to the wakeup fd: nothing
+        # else wakes an event loop that sleeps in epoll_wait, and the fallback
+        # handler only runs once it wakes. trio and uvloop set a wakeup fd when
+        # they start, asyncio only with a signal handler of its own. Without
+        # one, aipc sets a pipe of its own, which the reader waits on too. This
+        # runs in the first wait, inside the event loop, so that a loop that
+        # starts later does not find aipc's pipe there (trio would warn).
+        self.wakeup_checked = True
+        assert self.epoll is not None
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        wake_r, wake_w = FdHandle(r, "pipe"), FdHandle(w, "pipe")
+        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        if previous != -1:
+            # the event loop has one: put it back (trio and uvloop set theirs
+            # without warnings on a full buffer, as here)
+            signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+            wake_r.close()
+            wake_w.close()
+            return
+        self.wake_r, self.wake_w = wake_r, wake_w
+        self.epoll.register(r, select.EPOLLIN)
+
+    def _close(self) -> None:
+        if self.wake_w is not None:
+            previous = signal.set_wakeup_fd(-1)
+            if previous not in (-1, self.wake_w.fd):
+                # an event loop set its own over ours meanwhile: it stays
+                signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+        for handle in (self.handle, self.signalfd, self.wake_r, self.wake_w):
+            if handle is not None:
+                handle.close()
+        self.handle = self.signalfd = self.wake_r = self.wake_w = None
+        if self.epoll is not None:
+            self.epoll.close()
+            self.epoll = None
+        self.wakeup_checked = False
+
+    # -- reading --------------------------------------------------------------
+
+    def drain(self) -> bool:
+        """Read every pending record and hand it out; False if there was none."""
+        if self.signalfd is None:
+            return False
+        if self.wake_r is not None:
+            try:
+                while os.read(self.wake_r.fd, 256):
+                    pass  # what a signal wrote only woke us
+            except BlockingIOError:
+                pass
+        fd = self.signalfd.fd
+        got = False
+        size = _sys.SIGNALFD_SIGINFO_SIZE
+        while True:
+            try:
+                data = os.read(fd, 64 * size)
+            except BlockingIOError:
+                return got
+            got = True
+            for offset in range(0, len(data) - size + 1, size):
+                self._hand_out(self._record(data, offset))
+
+    def _record(self, data: bytes, offset: int) -> SignalInfo:
+        signo, code, pid, uid, status, value, _err = _sys.unpack_signalfd_siginfo(
+            data, offset
+        )
+        if code == _sys.SI_TKILL and pid == self.pid and self.rerouted.get(signo):
+            # raised again by the fallback handler: the sender is unknown
+            if signo < signal.SIGRTMIN:
+                self.rerouted[signo] = 0
+            else:
+                self.rerouted[signo] -= 1
+            return SignalInfo(_as_signum(signo), None, None, None, None, None)
+        return SignalInfo(
+            _as_signum(signo),
+            pid,
+            uid,
+            code,
+            value if code == _sys.SI_QUEUE else None,
+            status if signo == signal.SIGCHLD else None,
+        )
+
+    def _hand_out(self, info: SignalInfo) -> None:
+        for receiver in self.receivers.get(info.signum, ()):
+            if receiver.offer(info):
+                event = self.followers.get(receiver)
+                if event is not None:
+                    event.set()
+
+    async def wait(self, receiver: SignalReceiver) -> None:
+        """Wait until there may be something for ``receiver``."""
+        if self.reader is None and self.handle is not None:
+            if not self.wakeup_checked:
+                self._ensure_wakeup()
+            self.reader = receiver
+            try:
+                with anyio.CancelScope() as scope:
+                    self.reader_scope = scope
+                    await self.handle.wait_readable()
+            except anyio.ClosedResourceError:
+                pass  # the last receiver closed: the caller sees its own state
+            finally:
+                if self.reader is receiver:
+                    self.reader = self.reader_scope = None
+                # someone else may have to take over the reading
+                for event in self.followers.values():
+                    event.set()
+        else:
+            event = self.followers[receiver] = anyio.Event()
+            try:
+                await event.wait()
+            finally:
+                if self.followers.get(receiver) is event:
+                    del self.followers[receiver]
+
+
+_hub = _Hub()
+_MAIN_THREAD = threading.main_thread().ident
+
+
+def _fallback(signum: int, frame: FrameType | None) -> None:
+    # Python runs this in the main thread for a signal the kernel delivered to
+    # a thread that does not block it (the main thread does, while a receiver
+    # is open). Raise it again at the main thread, where it is blocked: it
+    # becomes pending there and the signalfd reads it, without its siginfo.
+    if signum not in _hub.receivers:
+        return
+    _hub.rerouted[signum] = _hub.rerouted.get(signum, 0) + 1
+    # if someone unblocked it in the main thread meanwhile, block it again, or
+    # the signal would come straight back here
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signum])
+    signal.pthread_kill(threading.get_ident(), signum)
+
+
+class SignalReceiver(ObjectReceiveStream[SignalInfo]):
+    """Receives the signals it was opened for, as :class:`SignalInfo` records.
+
+    Made by :func:`open_signal_receiver`; use it as a context manager (sync or
+    async) and iterate over it. Every open receiver of a signal gets every
+    occurrence of it; realtime signals queue in order with their payloads,
+    standard signals coalesce as the kernel does (while one is queued here
+    unread, more of the same are dropped).
+
+    It belongs to the main thread: open it, receive from it and close it
+    there (the event loop runs there).
+    """
+
+    def __init__(self, signums: list[int]) -> None:
+        self._signals = frozenset(signums)
+        self.queue: deque[SignalInfo] = deque()
+        self._queued_standard: set[int] = set()
+        self._entered = self._closed = False
+        self._received = self._coalesced = self._without_sender = 0
+        self._receiving = False
+
+    @property
+    def signals(self) -> frozenset[int]:
+        """The signal numbers this receiver was opened for."""
+        return self._signals
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self._closed
+
+    def offer(self, info: SignalInfo) -> bool:
+        # called by the hub; False if coalesced with a queued one
+        sig = info.signum
+        if sig < signal.SIGRTMIN:
+            if sig in self._queued_standard:
+                self._coalesced += 1
+                return False
+            self._queued_standard.add(sig)
+        if info.pid is None:
+            self._without_sender += 1
+        self.queue.append(info)
+        return True
+
+    async def receive(self) -> SignalInfo:
+        """The next signal: from the queue, or wait for one.
+
+        Raises ``ClosedResourceError`` if the receiver is or gets closed, and
+        ``BusyResourceError`` if another task is receiving from it.
+
+        **Cancellation:** nothing is taken: a record stays queued until a
+        receive returns it.
+        """
+        self._check_open()
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        self._receiving = True
+        try:
+            await checkpoint()
+            queue = self.queue
+            while True:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if not queue and _hub.reader is None:
+                    _hub.drain()
+                if queue:
+                    info = queue.popleft()
+                    self._queued_standard.discard(info.signum)
+                    self._received += 1
+                    return info
+                await _hub.wait(self)
+        finally:
+            self._receiving = False
+
+    def receive_nowait(self) -> SignalInfo:
+        """The next signal if one is pending, else raise ``anyio.WouldBlock``."""
+        self._check_open()
+        if not self.queue and _hub.reader is None:
+            _hub.drain()
+        if not self.queue:
+            raise anyio.WouldBlock
+        info = self.queue.popleft()
+        self._queued_standard.discard(info.signum)
+        self._received += 1
+        return info
+
+    def close(self) -> None:
+        """Stop receiving; idempotent.
+
+        A task waiting in :meth:`receive` wakes with ``ClosedResourceError``.
+        When this was the last receiver of a signal, its previous handler and
+        its blocked state in the main thread come back exactly, signals still
+        pending in the kernel go to that previous disposition, and so do those
+        this receiver had queued but nobody took (they were the last copies).
+        Other receivers keep what they have.
+        """
+        if self._closed:
+            return
+        _check_main_thread()
+        self._closed = True
+        if self._entered:
+            _hub.unsubscribe(self)
+        self.queue.clear()
+        self._queued_standard.clear()
+
+    async def aclose(self) -> None:
+        self.close()
+        await checkpoint()
+
+    def statistics(self) -> SignalReceiverStatistics:
+        """Cheap counters of this receiver."""
+        return SignalReceiverStatistics(
+            self._received, len(self.queue), self._coalesced, self._without_sender
+        )
+
+    def _check_open(self) -> None:
+        _check_main_thread()
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if not self._entered:
+            raise RuntimeError(
+                "enter the receiver first: with open_signal_receiver(...) as received"
+            )
+
+    def __enter__(self) -> Self:
+        _check_main_thread()
+        if self._entered or self._closed:
+            raise RuntimeError("a signal receiver can be entered only once")
+        _hub.subscribe(self, sorted(self._signals))
+        self._entered = True
+        return self
+
+    async def __aenter__(self) -> Self:
+        return self.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        names = ", ".join(_signal_name(sig) for sig in sorted(self._signals))
+        state = "closed" if self._closed else f"queued={len(self.queue)}"
+        return f"<SignalReceiver {names} {state}>"
+
+
+def _check_main_thread() -> None:
+    if threading.get_ident() != _MAIN_THREAD:
+        raise RuntimeError(
+            "signal receivers work in the main thread only (the signal mask and "
+            "handlers they set are the main thread's, and so is the event loop "
+            "that reads them)"
+        )
+
+
+def open_signal_receiver(*signals: int) -> SignalReceiver:
+    """Start receiving ``signals``; returns a :class:`SignalReceiver`.
+
+    Use it as a context manager, ``with open_signal_receiver(SIGUSR1) as
+    received:`` (or ``async with``), then ``async for info in received``. From
+    entering it on, the signals are blocked in the main thread and read through a
+    signalfd, with their sender's pid and uid and their ``sigqueue`` value; on
+    close, the previous handler and mask come back. It needs no running event
+    loop, so it can open before ``asyncio.run`` / ``trio.run`` and keep
+    signals that arrive during start-up.
+
+    Only from the main thread (``RuntimeError`` otherwise). ``ValueError`` for
+    no signals, numbers out of range, ``SIGKILL``/``SIGSTOP`` (they cannot be
+    caught) and the CPU fault signals (``SIGSEGV``, ``SIGBUS``, ``SIGFPE``,
+    ``SIGILL``, ``SIGTRAP``).
+
+    Threads: a thread started from the main thread while a receiver is open
+    inherits the block and never takes the signal. Threads started before (and
+    threads started by other threads that predate it) do not block it; a
+    signal the kernel gives to one of them still arrives, through a fallback
+    handler, but without sender info. Open receivers early (or block the
+    signals with ``signal.pthread_sigmask`` before starting threads) to get
+    sender info for every signal.
+    """
+    if not signals:
+        raise ValueError("signals: give at least one signal to receive")
+    signums = sorted({_check_receivable(sig) for sig in signals})
+    _check_main_thread()
+    return SignalReceiver(signums)

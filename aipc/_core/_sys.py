@@ -26,6 +26,7 @@ __all__ = [
     "restore_sigaction",
     "save_sigaction",
     "signalfd",
+    "sigqueue",
     "unpack_signalfd_siginfo",
 ]
 
@@ -52,7 +53,6 @@ _SIGNALFD_SIGINFO = struct.Struct("=IiiIIiIIIIiiQQQQ")
 SIGNALFD_SIGINFO_SIZE = 128
 
 
-
 class _SigAction(ctypes.Structure):
     # glibc's struct sigaction (x86-64, aarch64 and the other 64-bit ports)
     _fields_ = [
@@ -77,7 +77,7 @@ def _raise_errno(what: str) -> None:
     raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _sigset(signals: Iterable[int]) -> _SigSet:
+def _sigset(signals: Iterable[int]) -> ctypes.Array[ctypes.c_ulong]:
     mask = _SigSet()
     for sig in signals:
         word, bit = divmod(sig - 1, _WORD_BITS)
@@ -98,9 +98,9 @@ def unpack_signalfd_siginfo(
     data: bytes, offset: int
 ) -> tuple[int, int, int, int, int, int, int]:
     """(signo, code, pid, uid, status, int value, errno) from one record."""
-    (signo, err, code, pid, uid, _fd, _tid, _band, _overrun, _trapno, status, value,
-     _ptr, _utime, _stime, _addr) = _SIGNALFD_SIGINFO.unpack_from(data, offset)  # fmt: skip
-    return signo, code, pid, uid, status, value, err
+    fields = _SIGNALFD_SIGINFO.unpack_from(data, offset)
+    # ssi_signo, ssi_errno, ssi_code, ssi_pid, ssi_uid, ..., ssi_status, ssi_int
+    return fields[0], fields[2], fields[3], fields[4], fields[10], fields[11], fields[1]
 
 
 def save_sigaction(sig: int) -> bytes:
@@ -168,6 +168,20 @@ def pidfd_send_signal(pidfd: int, sig: int, value: int | None) -> None:
             )
         # OSError picks the subclass: ProcessLookupError, PermissionError, ...
         raise OSError(err, f"pidfd_send_signal: {os.strerror(err)}")
+
+
+def sigqueue(pid: int, sig: int, value: int) -> None:
+    """``sigqueue(3)``: send ``sig`` with ``value`` to ``pid``.
+
+    Through a short-lived pidfd: ``rt_sigqueueinfo`` has a different system call
+    number on each architecture, the pidfd calls do not. A pid names a process
+    as ``kill(2)`` does: it may be a recycled one.
+    """
+    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd_send_signal(pidfd, sig, value)
+    finally:
+        os.close(pidfd)
 
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
