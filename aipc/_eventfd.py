@@ -58,3 +58,7 @@ class EventFd(Notifier, AsyncResource):
             )
         reopen_private_nonblocking(fd, "eventfd")
         return cls(semaphore=semaphore, _fd=fd)
+
+    def _aipc_handoff_(self) -> tuple[str, tuple[int, ...], dict[str, object]]:
+        # for aipc.open_process(handoff=...); rebuilt by from_fd (_handoff.py)
+        return "eventfd", (self.fileno(),), {"semaphore": self.semaphore}

@@ -120,6 +120,11 @@ class _PipeEnd:
         """
         return cls(FdHandle(_adopt(fd, cls._readable, cls._what), cls._what))  # type: ignore[call-arg]
 
+    def _aipc_handoff_(self) -> tuple[str, tuple[int, ...], dict[str, object]]:
+        # for aipc.open_process(handoff=...); rebuilt by from_fd (_handoff.py)
+        kind = "pipe-receive" if self._readable else "pipe-send"
+        return kind, (self._handle.fileno(),), {}
+
     @property
     def capacity(self) -> int:
         """The kernel buffer size of the pipe, in bytes."""
