@@ -27,6 +27,7 @@ from ._fifos import (
     open_fifo_receiver,
     open_fifo_sender,
 )
+from ._handoff import inherit
 from ._pipes import (
     PIPE_BUF,
     PipeReceiveStream,
@@ -34,6 +35,7 @@ from ._pipes import (
     create_pipe,
     pipe_max_size,
 )
+from ._process import Process, open_process
 from ._signals import (
     SIGNAL_VALUE_MAX,
     SIGNAL_VALUE_MIN,
@@ -63,6 +65,7 @@ __all__ = [
     "NotAFifoError",
     "PipeReceiveStream",
     "PipeSendStream",
+    "Process",
     "SignalInfo",
     "SignalReceiver",
     "SignalReceiverStatistics",
@@ -70,9 +73,11 @@ __all__ = [
     "clean",
     "create_fifo",
     "create_pipe",
+    "inherit",
     "list_objects",
     "open_fifo_receiver",
     "open_fifo_sender",
+    "open_process",
     "open_signal_receiver",
     "pipe_max_size",
     "send_signal",

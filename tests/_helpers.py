@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
 
 import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+
+import aipc
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,6 +41,35 @@ async def child_process(
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
+            await proc.aclose()
+
+
+@asynccontextmanager
+async def aipc_child(
+    code: str,
+    *,
+    args: Sequence[str] = (),
+    handoff: Mapping[str, object] | None = None,
+    stdin: int | None = None,
+) -> AsyncIterator[tuple[aipc.Process, BufferedByteReceiveStream]]:
+    """:func:`child_process` through ``aipc.open_process`` (with ``handoff``):
+    yield the aipc Process and its buffered stdout; killed and closed on exit."""
+    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    proc = await aipc.open_process(
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(code), *args],
+        handoff=handoff,
+        env=env,
+        stdin=stdin,
+        stderr=None,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc, BufferedByteReceiveStream(proc.stdout)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if proc.returncode is None:
+                with suppress(ProcessLookupError):
+                    proc.kill()
             await proc.aclose()
 
 
