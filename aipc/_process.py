@@ -21,6 +21,7 @@ import os
 import select
 import signal
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from typing import IO, Any, Self
 
 import anyio
@@ -431,7 +432,8 @@ class Process(AsyncResource):
         try:
             await self._process.aclose()
         finally:
-            self.returncode  # noqa: B018 - take the backend's status first
+            if self._returncode is None:  # for wait() after the close
+                self._returncode = self._process.returncode
             self._close_pidfd()
 
     def _close_pidfd(self) -> None:
@@ -520,8 +522,10 @@ async def open_process(
     try:
         handle = _open_child_pidfd(process.pid)
     except BaseException:
+        # (EMFILE, say): do not leave a child nobody has a handle on
         with anyio.CancelScope(shield=True):
-            process.kill()
+            with suppress(ProcessLookupError):
+                process.kill()
             await process.aclose()
         raise
     return Process(handle, process.pid, process)
