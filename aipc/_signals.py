@@ -48,6 +48,8 @@ __all__ = [
 SIGNAL_VALUE_MIN: int = -(2**31)
 SIGNAL_VALUE_MAX: int = 2**31 - 1
 
+# the kernel's first realtime signal; glibc keeps it and the next for threads
+_KERNEL_SIGRTMIN = 32
 _UNCATCHABLE: dict[int, str] = {signal.SIGKILL: "SIGKILL", signal.SIGSTOP: "SIGSTOP"}
 # raised by the CPU for the faulting thread: blocked, the kernel kills the
 # process instead of queueing them, so no signalfd can ever see a real one
@@ -74,15 +76,15 @@ def _check_signal(signum: object, argument: str = "signum") -> int:
     if not isinstance(signum, int) or isinstance(signum, bool):
         raise TypeError(f"{argument} must be an int, not {type(signum).__name__}")
     if not (
-        1 <= signum < signal.SIGRTMIN or signal.SIGRTMIN <= signum <= signal.SIGRTMAX
+        1 <= signum < _KERNEL_SIGRTMIN or signal.SIGRTMIN <= signum <= signal.SIGRTMAX
     ):
         raise ValueError(
             f"{argument}={signum} is out of range: valid signals are 1 to "
-            f"{signal.SIGRTMIN - 1} and SIGRTMIN ({signal.SIGRTMIN}) to SIGRTMAX "
+            f"{_KERNEL_SIGRTMIN - 1} and SIGRTMIN ({signal.SIGRTMIN}) to SIGRTMAX "
             f"({signal.SIGRTMAX}); "
             + (
                 "the C library keeps the realtime signals below SIGRTMIN for itself"
-                if 1 <= signum < signal.SIGRTMAX
+                if _KERNEL_SIGRTMIN <= signum < signal.SIGRTMIN
                 else f"signal.NSIG is {signal.NSIG}"
             )
         )
@@ -233,12 +235,22 @@ def _as_signum(signum: int) -> int:
 class _Saved:
     """What the first receiver of a signal changed, to put back exactly."""
 
-    __slots__ = ("blocked", "python_handler", "sigaction")
+    __slots__ = ("blocked", "ours", "python_handler", "sigaction")
 
     def __init__(self, signum: int, blocked: bool) -> None:
         self.python_handler = signal.getsignal(signum)
         self.sigaction = _sys.save_sigaction(signum)
         self.blocked = blocked
+        self.ours = b""  # the disposition aipc installed, once it has
+
+    def still_ours(self, signum: int) -> bool:
+        # Python's own handler function serves every signal.signal() call, so
+        # the Python-level handler tells those apart; the raw disposition tells
+        # a C library's (libuv installs one for SIGCHLD when uvloop spawns)
+        return (
+            signal.getsignal(signum) is _fallback
+            and _sys.save_sigaction(signum) == self.ours
+        )
 
 
 class _Hub:
@@ -262,6 +274,7 @@ class _Hub:
         # signal coalesces with any other, so for those this is 0 or 1
         self.rerouted: dict[int, int] = {}
         self.pid = os.getpid()
+        self.sigchld_read = False
 
     # -- subscription (open and close) ----------------------------------------
 
@@ -277,8 +290,9 @@ class _Hub:
             for sig in new:
                 # block first, then handle: the fallback raises the signal at
                 # the main thread again, which must already block it
-                self.saved[sig] = _Saved(sig, sig in blocked)
+                saved = self.saved[sig] = _Saved(sig, sig in blocked)
                 signal.signal(sig, _fallback)
+                saved.ours = _sys.save_sigaction(sig)
         for sig in signums:
             self.receivers.setdefault(sig, []).append(receiver)
 
@@ -308,9 +322,12 @@ class _Hub:
         unblock = []
         for sig in gone:
             saved = self.saved.pop(sig)
-            handler = saved.python_handler
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-            _sys.restore_sigaction(sig, saved.sigaction)
+            if saved.still_ours(sig):
+                handler = saved.python_handler
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+                _sys.restore_sigaction(sig, saved.sigaction)
+            # else someone installed a handler while the receiver was open
+            # (uvloop's for SIGCHLD): theirs is the one to keep
             self.rerouted.pop(sig, None)
             if not saved.blocked:
                 unblock.append(sig)
@@ -318,7 +335,13 @@ class _Hub:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
         # what this last receiver had read from the kernel but not taken goes
         # back the same way (it was the last copy)
-        self._redeliver([info for info in receiver.queue if info.signum in gone])
+        self._redeliver([info for info in receiver._queue if info.signum in gone])
+        if signal.SIGCHLD in gone and self.sigchld_read:
+            # Child watchers that reap on SIGCHLD (uvloop's, asyncio's
+            # SafeChildWatcher) missed the ones aipc read: one more makes them
+            # look at every child (SIGCHLD coalesces; by default it is ignored)
+            self.sigchld_read = False
+            signal.raise_signal(signal.SIGCHLD)
 
     def _redeliver(self, infos: list[SignalInfo]) -> None:
         for info in infos:
@@ -413,6 +436,8 @@ class _Hub:
         signo, code, pid, uid, status, value, _err = _sys.unpack_signalfd_siginfo(
             data, offset
         )
+        if signo == signal.SIGCHLD:
+            self.sigchld_read = True
         if code == _sys.SI_TKILL and pid == self.pid and self.rerouted.get(signo):
             # raised again by the fallback handler: the sender is unknown
             if signo < signal.SIGRTMIN:
@@ -431,7 +456,7 @@ class _Hub:
 
     def _hand_out(self, info: SignalInfo) -> None:
         for receiver in self.receivers.get(info.signum, ()):
-            if receiver.offer(info):
+            if receiver._offer(info):
                 event = self.followers.get(receiver)
                 if event is not None:
                     event.set()
@@ -496,7 +521,7 @@ class SignalReceiver(ObjectReceiveStream[SignalInfo]):
 
     def __init__(self, signums: list[int]) -> None:
         self._signals = frozenset(signums)
-        self.queue: deque[SignalInfo] = deque()
+        self._queue: deque[SignalInfo] = deque()
         self._queued_standard: set[int] = set()
         self._entered = self._closed = False
         self._received = self._coalesced = self._without_sender = 0
@@ -512,7 +537,7 @@ class SignalReceiver(ObjectReceiveStream[SignalInfo]):
         """Whether :meth:`close` has run."""
         return self._closed
 
-    def offer(self, info: SignalInfo) -> bool:
+    def _offer(self, info: SignalInfo) -> bool:
         # called by the hub; False if coalesced with a queued one
         sig = info.signum
         if sig < signal.SIGRTMIN:
@@ -522,7 +547,7 @@ class SignalReceiver(ObjectReceiveStream[SignalInfo]):
             self._queued_standard.add(sig)
         if info.pid is None:
             self._without_sender += 1
-        self.queue.append(info)
+        self._queue.append(info)
         return True
 
     async def receive(self) -> SignalInfo:
@@ -540,7 +565,7 @@ class SignalReceiver(ObjectReceiveStream[SignalInfo]):
         self._receiving = True
         try:
             await checkpoint()
-            queue = self.queue
+            queue = self._queue
             while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
@@ -558,11 +583,11 @@ class SignalReceiver(ObjectReceiveStream[SignalInfo]):
     def receive_nowait(self) -> SignalInfo:
         """The next signal if one is pending, else raise ``anyio.WouldBlock``."""
         self._check_open()
-        if not self.queue and _hub.reader is None:
+        if not self._queue and _hub.reader is None:
             _hub.drain()
-        if not self.queue:
+        if not self._queue:
             raise anyio.WouldBlock
-        info = self.queue.popleft()
+        info = self._queue.popleft()
         self._queued_standard.discard(info.signum)
         self._received += 1
         return info
@@ -583,7 +608,7 @@ class SignalReceiver(ObjectReceiveStream[SignalInfo]):
         self._closed = True
         if self._entered:
             _hub.unsubscribe(self)
-        self.queue.clear()
+        self._queue.clear()
         self._queued_standard.clear()
 
     async def aclose(self) -> None:
@@ -593,7 +618,7 @@ class SignalReceiver(ObjectReceiveStream[SignalInfo]):
     def statistics(self) -> SignalReceiverStatistics:
         """Cheap counters of this receiver."""
         return SignalReceiverStatistics(
-            self._received, len(self.queue), self._coalesced, self._without_sender
+            self._received, len(self._queue), self._coalesced, self._without_sender
         )
 
     def _check_open(self) -> None:
@@ -626,7 +651,7 @@ class SignalReceiver(ObjectReceiveStream[SignalInfo]):
 
     def __repr__(self) -> str:
         names = ", ".join(_signal_name(sig) for sig in sorted(self._signals))
-        state = "closed" if self._closed else f"queued={len(self.queue)}"
+        state = "closed" if self._closed else f"queued={len(self._queue)}"
         return f"<SignalReceiver {names} {state}>"
 
 
