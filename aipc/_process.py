@@ -97,12 +97,13 @@ def _open_child_pidfd(pid: int) -> FdHandle | None:
     # Reaped just before pidfd_open, the pid could even name a new, unrelated
     # process already. waitid on the pidfd answers only for our own children,
     # so a pidfd that passes names the child we started.
+    handle = FdHandle(fd, "pidfd")
     try:
         os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
-        os.close(fd)
+        handle.close()
         return None
-    return FdHandle(fd, "pidfd")
+    return handle
 
 
 def _ptrace_hint() -> str:
