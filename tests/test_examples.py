@@ -33,6 +33,31 @@ EXPECTED = {
     "pipe_child_trio.py": ["consumer got 100 messages"],
     "eventfd_wakeup.py": ["counter mode: one wait took 6", "parent woke 5 times"],
     "fifo_rendezvous.py": ["reader got 100 lines from 2 writers"],
+    "supervisor_asyncio.py": [
+        "worker 1 started: hello, world",
+        "reloaded config: greeting=hi",
+        "worker 1 answered: hi, world",
+        "worker 1 exited with 3; restarting",
+        "worker 2 started: hi, world",
+        "stopping on SIGTERM",
+        "worker 2 exited with 0",
+        "stopped after 1 restart",
+    ],
+    "supervisor_trio.py": [
+        "worker 1 started: hello, world",
+        "reloaded config: greeting=hi",
+        "worker 1 answered: hi, world",
+        "worker 1 exited with 3; restarting",
+        "worker 2 started: hi, world",
+        "stopping on SIGTERM",
+        "worker 2 exited with 0",
+        "stopped after 1 restart",
+    ],
+    "wait_for_anything.py": [
+        "pipe: b'hello from the child'",
+        "SIGUSR1 from the child, value 42",
+        "child exited with 7",
+    ],
 }
 
 TIMEOUT = 30  # seconds; each example finishes in about one
