@@ -17,6 +17,12 @@ import aipc
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _python(code: str, args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a strict child Python running ``code``."""
+    command = [sys.executable, "-W", "error", "-c", textwrap.dedent(code), *args]
+    return command, dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+
+
 @asynccontextmanager
 async def child_process(
     code: str, *, pass_fds: Sequence[int] = (), args: Sequence[str] = ()
@@ -25,9 +31,9 @@ async def child_process(
 
     The child is killed and reaped on exit, whatever happens in the body.
     """
-    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    command, env = _python(code, args)
     proc = await anyio.open_process(
-        [sys.executable, "-W", "error", "-c", textwrap.dedent(code), *args],
+        command,
         pass_fds=pass_fds,
         env=env,
         stdin=None,
@@ -54,9 +60,9 @@ async def aipc_child(
 ) -> AsyncIterator[tuple[aipc.Process, BufferedByteReceiveStream]]:
     """:func:`child_process` through ``aipc.open_process`` (with ``handoff``):
     yield the aipc Process and its buffered stdout; killed and closed on exit."""
-    env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+    command, env = _python(code, args)
     proc = await aipc.open_process(
-        [sys.executable, "-W", "error", "-c", textwrap.dedent(code), *args],
+        command,
         handoff=handoff,
         env=env,
         stdin=stdin,
