@@ -21,6 +21,7 @@ __all__ = [
     "SI_QUEUE",
     "SI_TKILL",
     "SI_USER",
+    "install_interrupt_handler",
     "pidfd_getfd",
     "pidfd_send_signal",
     "restore_sigaction",
@@ -182,6 +183,37 @@ def sigqueue(pid: int, sig: int, value: int) -> None:
         pidfd_send_signal(pidfd, sig, value)
     finally:
         os.close(pidfd)
+
+
+def install_interrupt_handler(sig: int) -> None:
+    """Make ``sig`` interrupt blocking system calls in the thread it is sent to.
+
+    A handler that does nothing, installed without ``SA_RESTART`` so that the
+    interrupted call fails with ``EINTR``. Only if ``sig`` is at its default
+    action: a handler someone else installed interrupts as well (Python's are
+    installed without ``SA_RESTART`` too). ``RuntimeError`` if it is ignored,
+    since an ignored signal interrupts nothing.
+
+    The handler is libc's ``sched_yield``: a C function that ignores its
+    argument and is async-signal-safe. A Python handler would do, but can only
+    be installed from the main thread, and each interrupt would wake the event
+    loop through the wakeup fd to run it.
+    """
+    current = _SigAction()
+    if _libc.sigaction(sig, None, ctypes.byref(current)) != 0:
+        _raise_errno("sigaction")
+    if current.handler == signal.SIG_IGN:
+        raise RuntimeError(
+            f"signal {sig} is ignored (SIG_IGN), so it cannot interrupt a blocked "
+            "worker thread; aipc's blocking bridge needs it at its default action "
+            "or with a handler"
+        )
+    if current.handler not in (None, signal.SIG_DFL):
+        return
+    action = _SigAction()
+    action.handler = ctypes.cast(_libc.sched_yield, ctypes.c_void_p).value
+    if _libc.sigaction(sig, ctypes.byref(action), None) != 0:
+        _raise_errno("sigaction")
 
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
