@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import os
+import threading
+from collections.abc import Callable
 
 import anyio
 import pytest
 
 import aipc
-from aipc._core._bridge import open_interruptible
+from aipc._core._bridge import open_interruptible, run_interruptible
 from aipc._core._errors import translate_os_error
 from aipc._core._fd import FdHandle, reopen_private_nonblocking
 
@@ -147,3 +151,94 @@ async def test_interruptible_open_reports_errors(tmp_path: os.PathLike[str]) -> 
         await open_interruptible(
             os.path.join(tmp_path, "missing"), os.O_RDONLY, lambda: -1
         )
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _blocking_flock(fd: int) -> Callable[[], int]:
+    """One LOCK_EX attempt through libc, EINTR as InterruptedError (the bridge's
+    calling convention; fcntl.flock would retry on EINTR)."""
+
+    def call() -> int:
+        if _libc.flock(fd, fcntl.LOCK_EX) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return fd
+
+    return call
+
+
+async def test_run_interruptible_cancel_interrupts_a_blocked_call(
+    tmp_path: os.PathLike[str],
+) -> None:
+    path = os.path.join(tmp_path, "lock")
+    holder = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    waiter = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        before = limiter.borrowed_tokens
+        undone: list[int] = []
+        for _ in range(3):
+            with anyio.move_on_after(0.02) as scope:
+                await run_interruptible(_blocking_flock(waiter), undone.append)
+            assert scope.cancelled_caught
+        assert limiter.borrowed_tokens == before  # no thread left blocked
+        assert undone == []  # interrupted before it took the lock
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        with anyio.fail_after(5):
+            assert await run_interruptible(_blocking_flock(waiter)) == waiter
+    finally:
+        os.close(holder)
+        os.close(waiter)
+
+
+async def test_run_interruptible_undoes_a_call_that_won_the_race() -> None:
+    entered, go = threading.Event(), threading.Event()
+    undone: list[int] = []
+    returned: list[int] = []
+
+    def call() -> int:
+        # threading waits retry on EINTR: the interrupt cannot stop this one,
+        # so it completes after the task was cancelled
+        entered.set()
+        go.wait(10)
+        return 7
+
+    scope = anyio.CancelScope()
+
+    async def bridged() -> None:
+        with scope:
+            returned.append(await run_interruptible(call, undone.append))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bridged)
+            await anyio.to_thread.run_sync(entered.wait, 10)  # the call runs
+            scope.cancel()
+            await anyio.sleep(0)  # the cancelled task starts interrupting
+            go.set()
+    assert (returned, undone) == ([], [7])
+
+
+async def test_run_interruptible_retries_a_stray_interruption() -> None:
+    attempts: list[int] = []
+
+    def call() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise InterruptedError(errno.EINTR, "a signal that was not ours")
+        return "done"
+
+    with anyio.fail_after(5):
+        assert await run_interruptible(call) == "done"
+    assert len(attempts) == 2
+
+
+async def test_run_interruptible_passes_errors_through() -> None:
+    def call() -> None:
+        raise PermissionError(errno.EACCES, "no")
+
+    with pytest.raises(PermissionError, match="no"):
+        await run_interruptible(call)
