@@ -51,7 +51,7 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
         for r in rows
         if r["aipc"] and not r["failed"] and r.get("rtt")
     }
-    for mechanism in ("pipe", "fifo", "eventfd"):
+    for mechanism in ("pipe", "fifo", "eventfd", "signal"):
         for backend in ("asyncio", "uvloop", "trio"):
             for placement in placements:
                 assert (mechanism, backend, placement) in aipc_rows
@@ -81,10 +81,61 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
             assert row["rtt"]["median_us"] > 0
             assert row["msgs"]["per_s"] > 0
             assert row["throughput"] == {}
+    # the signal round trip: its peer is anyio's receiver on the same backend
+    # (one row per backend and placement), the ratio compares the two
+    anyio_rows = {
+        (r["backend"], r["placement"]): r
+        for r in rows
+        if r["mechanism"] == "anyio-signal"
+    }
+    assert set(anyio_rows) == {
+        (b, p) for b in ("asyncio", "uvloop", "trio") for p in placements
+    }
+    for row in anyio_rows.values():
+        assert not row["failed"]
+        assert row["rtt"]["median_us"] > 0
+        assert not row["aipc"]
+    signal_rows = [r for r in rows if r["mechanism"] == "signal"]
+    assert len(signal_rows) == 3 * len(placements)
+    for row in signal_rows:
+        assert not row["failed"]
+        assert row["reference"] == "anyio signal receiver"
+        assert row["vs_reference"]["rtt"] > 0
+        assert row["throughput"] == {}
+        assert row["msgs"] is None
     # the bench removed its FIFOs and their registry records
     listing = _aipc("objects")
     assert listing.returncode == 0, listing.stderr
     assert "fifo" not in listing.stdout
+
+
+# exec keeps the signal mask: the bench runs with the four signals of its
+# signal rows blocked, as under a parent that has an aipc receiver open
+_BLOCKED_EXEC = """
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, signal.SIGUSR2,
+                                          signal.SIGRTMIN + 1, signal.SIGRTMIN + 2])
+os.execv(sys.executable, [sys.executable, "-W", "error", "-m", "aipc", *sys.argv[1:]])
+"""
+
+
+def test_bench_signal_rows_ignore_an_inherited_signal_mask() -> None:
+    # a child that kept the mask would never run anyio's handler: its row would
+    # fail after the block timeout (30 s with --quick)
+    result = subprocess.run(
+        [
+            *(sys.executable, "-c", _BLOCKED_EXEC, "bench", "--quick"),
+            *("--mechanism", "signal,anyio-signal", "--placement", "same-core"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAILED" not in result.stdout
+    assert "anyio signal receiver" in result.stdout
 
 
 @pytest.mark.parametrize("args", [["objects"], ["clean", "--dry-run"], ["clean"]])

@@ -5,13 +5,16 @@ a JSON object (see ``_runner._spawn``): the role (``driver`` or ``peer``), the
 family of code to run, the event loop, the descriptors or FIFO paths inherited
 from the orchestrator and the blocks of phases to walk (see ``_plan``).
 
-The peer writes one byte on the control pipe once it is ready; the driver waits
-for it (the handshake), reports ``ready``, and then runs one block each time
-the orchestrator writes ``go`` on its stdin. It reports on stdout, one JSON
-object per line: ``hello`` (which loop really runs), ``ready``, ``start`` and
-``result`` of each measured phase (raw samples: the orchestrator merges the
-rounds), ``cap`` (the pipe capacity granted) and ``done`` after each block.
-The peer needs no signal: it is always blocked on the driver's next message.
+The peer writes ``R`` and its pid on the control pipe once it is ready; the
+driver waits for it (the handshake), reports ``ready``, and then runs one block
+each time the orchestrator writes ``go`` on its stdin. On the signal rows the
+handshake goes both ways: the driver then writes its own pid on a second pipe,
+since the peer answers each signal by signalling the driver. The driver reports
+on stdout, one JSON object per line: ``hello`` (which loop really runs),
+``ready``, ``start`` and ``result`` of each measured phase (raw samples: the
+orchestrator merges the rounds), ``cap`` (the pipe capacity granted), ``done``
+after each block, and ``error`` (why it is about to exit) if it fails. The peer
+needs no go-ahead: it is always blocked on the driver's next message.
 
 The msgs/s phase reuses the throughput code: ``n`` messages of ``size`` bytes
 are a transfer of ``n * size`` bytes in ``size``-byte sends. Only the peer
@@ -29,11 +32,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _share
+
+if TYPE_CHECKING:
+    from aipc import SignalReceiver
 
 __all__ = ["main"]
 
@@ -45,8 +51,19 @@ Send = Callable[[bytes], Awaitable[None]]
 Receive = Callable[[int], Awaitable[bytes]]
 
 
+# the signal rows: (driver -> peer, peer -> driver)
+_SIGNALS = {
+    "signal": (signal.SIGRTMIN + 1, signal.SIGRTMIN + 2),
+    "anyio-signal": (signal.SIGUSR1, signal.SIGUSR2),
+}
+
+
 class _PeerGone(Exception):
     """The other process closed its end (it exited or failed)."""
+
+
+class _WrongReply(Exception):
+    """The peer answered with something else than what was sent."""
 
 
 # --------------------------------------------------------------------------
@@ -62,6 +79,8 @@ class _Ctx:
         self.tx: Any = spec["tx"]  # an fd, or a FIFO path
         self.rx: Any = spec["rx"]
         self.ctl: int = spec["ctl"]
+        self.pid_fd: int | None = spec.get("pid_fd")
+        self.partner_pid = 0  # the other process's pid, known after the handshake
 
     def emit(self, **event: Any) -> None:
         if self.driver:
@@ -80,19 +99,40 @@ class _Ctx:
         os.sched_setaffinity(0, {int(phase["cpus"][self.role])})
 
     def handshake(self) -> None:
-        """Peer: say "ready". Driver: wait until the peer said so."""
+        """Peer: say "ready", with its pid. Driver: wait until the peer said so.
+
+        With a ``pid_fd`` (the signal rows), the driver then sends its own pid
+        to the peer, and the peer waits for it. Both sides opened their signal
+        receivers before: neither can get a signal it is not ready for (the
+        default action of the signals used kills the process).
+        """
         if self.driver:
             try:
-                data = os.read(self.ctl, 1)
+                # "R<pid>" came in one write of less than PIPE_BUF: one read
+                data = os.read(self.ctl, 64)
             finally:
                 os.close(self.ctl)
             if not data:
                 raise _PeerGone("the peer exited before it was ready")
+            self.partner_pid = int(data[1:])
+            if self.pid_fd is not None:
+                try:
+                    os.write(self.pid_fd, str(os.getpid()).encode())
+                finally:
+                    os.close(self.pid_fd)
         else:
             try:
-                os.write(self.ctl, b"R")
+                os.write(self.ctl, b"R%d" % os.getpid())
             finally:
                 os.close(self.ctl)
+            if self.pid_fd is not None:
+                try:
+                    data = os.read(self.pid_fd, 64)
+                finally:
+                    os.close(self.pid_fd)
+                if not data:
+                    raise _PeerGone("the driver exited before it was ready")
+                self.partner_pid = int(data)
 
     def hello(self, loop: str) -> None:
         generic: bool | None = None
@@ -255,6 +295,102 @@ class _AipcEventFds:
         for _ in range(count):
             await wait()
             set_(1)
+
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        raise NotImplementedError
+
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None:
+        raise NotImplementedError
+
+    def set_capacity(self, size: int) -> int:
+        raise NotImplementedError
+
+    def capacity(self) -> int | None:
+        return None
+
+
+class _AipcSignals:
+    """``aipc.send_signal(pid, sig, i)`` one way, ``await receive()`` the other.
+
+    The peer answers with the value it received; the driver checks it.
+    """
+
+    def __init__(self, ctx: _Ctx, receiver: SignalReceiver, out: int) -> None:
+        import aipc
+
+        self.ctx = ctx
+        self.send = aipc.send_signal
+        self.receiver = receiver
+        self.out = out
+
+    async def rtt(self, warmup: int, n: int) -> list[int]:
+        send, receive, clock = self.send, self.receiver.receive, time.perf_counter_ns
+        pid, sig = self.ctx.partner_pid, self.out
+        out: list[int] = []
+        for i in range(warmup + n):
+            t0 = clock()
+            send(pid, sig, i)
+            info = await receive()
+            out.append(clock() - t0)
+            if info.value != i:
+                raise _WrongReply(
+                    f"round trip {i}: the reply carried value {info.value!r} "
+                    f"(from pid {info.pid}), expected {i}"
+                )
+        return out[warmup:]
+
+    async def echo(self, count: int) -> None:
+        send, receive = self.send, self.receiver.receive
+        pid, sig = self.ctx.partner_pid, self.out
+        for _ in range(count):
+            info = await receive()
+            send(pid, sig, info.value)
+
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        raise NotImplementedError
+
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None:
+        raise NotImplementedError
+
+    def set_capacity(self, size: int) -> int:
+        raise NotImplementedError
+
+    def capacity(self) -> int | None:
+        return None
+
+
+class _AnyioSignals:
+    """``os.kill(pid, sig)`` one way, the next signal of an anyio receiver the
+    other (standard signals without a payload: nothing to check)."""
+
+    def __init__(
+        self, ctx: _Ctx, received: AsyncIterator[signal.Signals], out: int
+    ) -> None:
+        self.ctx = ctx
+        self.received = received
+        self.out = out
+
+    async def rtt(self, warmup: int, n: int) -> list[int]:
+        kill, receive, clock = os.kill, self.received.__anext__, time.perf_counter_ns
+        pid, sig = self.ctx.partner_pid, self.out
+        out: list[int] = []
+        for _ in range(warmup + n):
+            t0 = clock()
+            kill(pid, sig)
+            await receive()
+            out.append(clock() - t0)
+        return out[warmup:]
+
+    async def echo(self, count: int) -> None:
+        kill, receive = os.kill, self.received.__anext__
+        pid, sig = self.ctx.partner_pid, self.out
+        for _ in range(count):
+            await receive()
+            kill(pid, sig)
 
     async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
         raise NotImplementedError
@@ -546,6 +682,30 @@ async def _aipc_main(ctx: _Ctx) -> None:
         await _walk_async(ctx, transport)
 
 
+def _signal_numbers(ctx: _Ctx) -> tuple[int, int]:
+    """(the signal this process sends, the one it receives)."""
+    to_peer, to_driver = _SIGNALS[ctx.spec["family"]]
+    return (to_peer, to_driver) if ctx.driver else (to_driver, to_peer)
+
+
+async def _aipc_signal_main(ctx: _Ctx) -> None:
+    import aipc
+
+    ctx.hello(_running_loop_name())
+    out, into = _signal_numbers(ctx)
+    with aipc.open_signal_receiver(into) as receiver:
+        await _walk_async(ctx, _AipcSignals(ctx, receiver, out))
+
+
+async def _anyio_signal_main(ctx: _Ctx) -> None:
+    import anyio
+
+    ctx.hello(_running_loop_name())
+    out, into = _signal_numbers(ctx)
+    with anyio.open_signal_receiver(signal.Signals(into)) as received:
+        await _walk_async(ctx, _AnyioSignals(ctx, received, out))
+
+
 async def _asyncio_main(ctx: _Ctx) -> None:
     ctx.hello(_running_loop_name())
     loop = asyncio.get_running_loop()
@@ -632,22 +792,30 @@ def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
+def _anyio_run(main: Callable[[_Ctx], Awaitable[None]], ctx: _Ctx, loop: str) -> None:
+    import anyio
+
+    if loop == "trio":
+        anyio.run(main, ctx, backend="trio")
+    elif loop == "uvloop":
+        anyio.run(
+            main,
+            ctx,
+            backend="asyncio",
+            backend_options={"loop_factory": _uvloop_factory()},
+        )
+    else:
+        anyio.run(main, ctx, backend="asyncio")
+
+
 def _run(ctx: _Ctx) -> None:
     family, loop = ctx.spec["family"], ctx.spec["loop"]
     if family in ("pipe", "fifo", "eventfd"):
-        import anyio
-
-        if loop == "trio":
-            anyio.run(_aipc_main, ctx, backend="trio")
-        elif loop == "uvloop":
-            anyio.run(
-                _aipc_main,
-                ctx,
-                backend="asyncio",
-                backend_options={"loop_factory": _uvloop_factory()},
-            )
-        else:
-            anyio.run(_aipc_main, ctx, backend="asyncio")
+        _anyio_run(_aipc_main, ctx, loop)
+    elif family == "signal":
+        _anyio_run(_aipc_signal_main, ctx, loop)
+    elif family == "anyio-signal":
+        _anyio_run(_anyio_signal_main, ctx, loop)
     elif family == "asyncio":
         factory = _uvloop_factory() if loop == "uvloop" else None
         with asyncio.Runner(loop_factory=factory) as runner:
@@ -692,12 +860,25 @@ def main(argv: list[str]) -> int:
     """Entry point: ``python -m aipc._bench._child SPEC``."""
     spec = json.loads(argv[1])
     _die_with_parent(spec["parent_pid"])
+    # The signal mask survives fork and exec. A child of a process that blocks
+    # SIGUSR1 (an aipc signal receiver does, in its main thread) would never
+    # run anyio's handler for it: the anyio signal rows would wait forever.
+    # Every child starts from an empty mask, whatever its ancestors block.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     ctx = _Ctx(spec)
     try:
         _run(ctx)
     except _PeerGone as exc:
         print(f"{ctx.role}: the other process went away ({exc})", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # the first line of the row's note; the traceback goes to stderr
+        message = str(exc) if isinstance(exc, _WrongReply) else repr(exc)
+        try:
+            ctx.emit(event="error", message=message)
+        except OSError:
+            pass  # the orchestrator is gone
+        raise
     return 0
 
 

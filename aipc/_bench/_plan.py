@@ -17,7 +17,8 @@ driver starts each block when the orchestrator says so:
   back and acknowledged the same way (after ``warmup`` untimed messages); the
   peer of a byte stream counts bytes, reading up to ``read`` at a time, since a
   byte stream keeps no message boundaries;
-- ``rtt``: round trips of 8-byte messages (the peer echoes them).
+- ``rtt``: round trips of 8-byte messages (the peer echoes them); on the
+  signal rows, one signal each way.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ DEFAULT_CAPACITY = 64 * KIB
 #: The capacity of the "(1 MiB capacity)" rows (Linux's default fs.pipe-max-size).
 RAISED_CAPACITY = MIB
 
-#: The peer each aipc backend is compared with: the same loop's own pipe streams.
+#: The peer each aipc backend is compared with: the same loop's own pipe streams
+#: (unless the mechanism names its own ``reference``).
 REFERENCE_PEER = {
     "asyncio": "asyncio-pipe",
     "uvloop": "uvloop-pipe",
@@ -76,10 +78,15 @@ class Mechanism:
     """One row family of the table.
 
     ``family`` selects the code in ``_child``; ``loop`` is the fixed event loop
-    of a peer (``None`` for aipc rows, which run on the chosen backends, and
-    ``"blocking"`` for peers without a loop). ``throughput`` selects the GB/s
-    columns, ``msgs`` the msgs/s column, ``capacity`` the "(1 MiB capacity)"
-    rows; ``requires`` names the modules a peer needs (skipped without them).
+    of a peer (``"blocking"`` for peers without a loop), or ``None`` for rows
+    that run on each backend chosen with ``--backend``: the aipc rows, and
+    peers written with anyio. ``throughput`` selects the GB/s columns, ``msgs``
+    the msgs/s column, ``capacity`` the "(1 MiB capacity)" rows; ``requires``
+    names the modules a peer needs (skipped without them). ``reference`` is the
+    key of the peer an aipc row's ratios compare with, on the same backend
+    (by default the loop's own pipe streams, ``REFERENCE_PEER``).
+    ``round_every`` > 1 measures the row in every k-th round only (the first,
+    then every k-th): fewer samples, still spread over the whole run.
     """
 
     key: str
@@ -94,6 +101,8 @@ class Mechanism:
     requires: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    reference: str = ""
+    round_every: int = 1
 
 
 MECHANISMS: tuple[Mechanism, ...] = (
@@ -141,6 +150,21 @@ MECHANISMS: tuple[Mechanism, ...] = (
         msgs=False,
         capacity=False,
         note="set() / await wait() ping-pong on two eventfds (no payload: no msgs/s)",
+    ),
+    Mechanism(
+        "signal",
+        "aipc signal",
+        "signal",
+        aipc=True,
+        loop=None,
+        throughput=False,
+        msgs=False,
+        capacity=False,
+        reference="anyio-signal",
+        round_every=2,
+        note="send_signal(pid, SIGRTMIN+1, i) / await receive() ping-pong, "
+        "SIGRTMIN+2 back with the same value (checked); no msgs/s: a signal "
+        "carries a 4-byte value, not a 64-byte message",
     ),
     Mechanism(
         "raw",
@@ -233,6 +257,19 @@ MECHANISMS: tuple[Mechanism, ...] = (
         capacity=True,
         requires=("trio",),
         note="trio.lowlevel.FdStream receive_some/send_all",
+    ),
+    Mechanism(
+        "anyio-signal",
+        "anyio signal receiver",
+        "anyio-signal",
+        aipc=False,
+        loop=None,
+        throughput=False,
+        msgs=False,
+        capacity=False,
+        round_every=2,
+        note="os.kill + anyio.open_signal_receiver ping-pong (SIGUSR1 to the peer, "
+        "SIGUSR2 back), on the backend(s) of the aipc rows",
     ),
 )
 
@@ -335,14 +372,19 @@ def build_blocks(
     placements: list[Placement],
     config: Config,
     first_id: int,
-) -> tuple[list[list[dict[str, Any]]], list[PhaseInfo]]:
-    """The blocks of phases both processes of a group walk, and the measured
-    phases. Block ``k`` is round ``k // len(placements)`` in placement
-    ``placements[k % len(placements)]``, the same for every group."""
+) -> tuple[list[list[dict[str, Any]]], list[int], list[PhaseInfo]]:
+    """The blocks of phases both processes of a group walk, the *slot* of each
+    block, and the measured phases. Slot ``k`` is round ``k // len(placements)``
+    in placement ``placements[k % len(placements)]``, the same for every group;
+    a row with ``round_every`` > 1 has blocks in some slots only."""
     blocks: list[list[dict[str, Any]]] = []
+    slots: list[int] = []
     infos: list[PhaseInfo] = []
     for rnd in range(config.rounds):
-        for pl in placements:
+        if rnd % mech.round_every:
+            continue
+        for index, pl in enumerate(placements):
+            slots.append(rnd * len(placements) + index)
             block: list[dict[str, Any]] = []
 
             def measured(
@@ -412,4 +454,4 @@ def build_blocks(
                 block.append({"op": "cap", "size": RAISED_CAPACITY})
                 throughput("capacity")
             blocks.append(block)
-    return blocks, infos
+    return blocks, slots, infos

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["Row", "build_rows", "format_table", "machine_info", "write_json"]
 
 _ORDER = {m.key: i for i, m in enumerate(MECHANISMS)}
+_BY_KEY = {m.key: m for m in MECHANISMS}
 _BACKEND_ORDER = {"asyncio": 0, "uvloop": 1, "trio": 2, "blocking": 3}
 _JSON_FORMAT = 1
 
@@ -105,9 +106,11 @@ def build_rows(
     for key, results in msgs.items():
         rows[key].msgs = _msgs_stats(results)
     for row in rows.values():
-        if not row.aipc or row.backend not in reference:
+        # a mechanism may name its own peer (aipc signal: anyio's receiver on
+        # the same backend); the others compare with the loop's pipe streams
+        peer = _BY_KEY[row.mechanism].reference or reference.get(row.backend)
+        if not row.aipc or peer is None:
             continue
-        peer = reference[row.backend]
         ref = rows.get((peer, row.variant, row.backend, row.placement))
         if ref is None:
             ref = rows.get((peer, "", row.backend, row.placement))
@@ -309,10 +312,11 @@ def format_table(
         out.append(line(cells))
     out += [
         "",
-        "rtt: 8-byte ping-pong (driver sends, peer echoes), per round trip. "
-        "GB/s: one-way, 10^9 bytes/s,",
-        "  chunks of 64 KiB / 1 MiB, timed from the first send to the peer's "
-        "acknowledgement (median of repetitions).",
+        "rtt: 8-byte ping-pong (driver sends, peer echoes), per round trip; "
+        "signal rows: one signal each way.",
+        "GB/s: one-way, 10^9 bytes/s, chunks of 64 KiB / 1 MiB, timed from the "
+        "first send to the peer's acknowledgement",
+        "  (median of repetitions).",
         f"msgs/s: {MSG_SIZE}-byte messages, one way, sent back to back, timed the "
         "same way. Byte streams (aipc, pipes,",
         "  asyncio, trio) keep no message boundaries: their peer counts bytes, "
@@ -325,6 +329,7 @@ def format_table(
         "placement (asyncio pipe streams for",
         "  asyncio, uvloop pipe streams for uvloop, trio FdStream for trio); "
         "rtt: < 1 is faster, GB/s, msgs/s: > 1 is faster.",
+        "  aipc signal ÷ anyio signal receiver on the same backend and placement.",
         f"(1 MiB capacity): F_SETPIPE_SZ {RAISED_CAPACITY} on the data pipe; "
         "other pipe rows use the default 64 KiB.",
         "CPUs (driver, peer): "
@@ -337,7 +342,11 @@ def format_table(
     used = {r.mechanism for r in rows}
     for m in MECHANISMS:
         if m.key in used and m.note:
-            out.append(f"{m.label}: {m.note}")
+            note = m.note
+            if m.round_every > 1 and machine["rounds"] > 1:
+                measured = len(range(0, machine["rounds"], m.round_every))
+                note += f"; measured in {measured} of the {machine['rounds']} rounds"
+            out.append(f"{m.label}: {note}")
     if notes:
         out.append("")
         out += [f"note: {n}" for n in notes]

@@ -59,6 +59,7 @@ class Group:
     mechanism: Mechanism
     backend: str  # the loop both processes run: asyncio, uvloop, trio, blocking
     blocks: list[list[dict[str, Any]]]
+    slots: list[int]  # the slot (round and placement) of each block
     infos: list[PhaseInfo]
 
 
@@ -191,20 +192,19 @@ def _plan(
     for mech in MECHANISMS:
         if mech.key not in selected:
             continue
-        if mech.aipc:
+        missing = [m for m in mech.requires if not available.get(m, True)]
+        if missing:
+            names = ", ".join(DISTRIBUTIONS.get(m, m) for m in missing)
+            notes.append(f"{mech.label} skipped: {names} not installed")
+            continue
+        if mech.loop is None:  # aipc rows, and peers written with anyio
             loops = [b for b in backends if b in mech.backends]
         else:
-            missing = [m for m in mech.requires if not available.get(m, True)]
-            if missing:
-                names = ", ".join(DISTRIBUTIONS.get(m, m) for m in missing)
-                notes.append(f"{mech.label} skipped: {names} not installed")
-                continue
-            assert mech.loop is not None
             loops = [mech.loop]
         for loop in loops:
-            blocks, infos = build_blocks(mech, loop, placements, config, next_id)
+            blocks, slots, infos = build_blocks(mech, loop, placements, config, next_id)
             next_id += len(infos)
-            groups.append(Group(mech, loop, blocks, infos))
+            groups.append(Group(mech, loop, blocks, slots, infos))
     return groups
 
 
@@ -281,6 +281,18 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
         a_w: int
         b_r: int
         b_w: int
+        if family in ("signal", "anyio-signal"):
+            # No data channel: signals go to a pid. The driver learns the
+            # peer's pid in the handshake; this pipe takes the driver's pid to
+            # the peer, which answers every signal by signalling it back.
+            p_r, p_w = os.pipe()
+            res.on_close(_os_fd_closer(p_r))
+            res.on_close(_os_fd_closer(p_w))
+            res.driver.update(tx=None, rx=None, pid_fd=p_w)
+            res.peer.update(tx=None, rx=None, pid_fd=p_r)
+            res.pass_driver.append(p_w)
+            res.pass_peer.append(p_r)
+            return res
         if family == "fifo":
             ab = aipc.create_fifo(os.path.join(tmp, f"{index}-ab"))
             res.on_remove(ab.unlink)
@@ -505,8 +517,18 @@ class _Live:
             while b"\n" in self._buf:
                 line, self._buf = self._buf.split(b"\n", 1)
                 event = json.loads(line)
-                if self._handle(event, progress) == kind:
+                got = self._handle(event, progress)
+                if got == kind:
                     return True
+                if got == "error":  # the driver says why it is about to exit
+                    message = str(event.get("message", "the driver failed"))
+                    if self.peer.poll() is not None:  # the cause, rather
+                        message = (
+                            f"the peer exited with status {self.peer.returncode} "
+                            f"(then the driver: {message})"
+                        )
+                    self.fail(message)
+                    return False
             ready, _, _ = select.select([out_fd], [], [], 0.25)
             if ready:
                 chunk = os.read(out_fd, 1 << 16)
@@ -578,10 +600,12 @@ def _measure(
     groups: list[Group],
     tmp: str,
     config: Config,
+    placements: list[Placement],
     progress: _Progress,
     lives: list[_Live],
 ) -> None:
-    """Start every group, then run block k of every group, for each k in turn."""
+    """Start every group, then run the block of slot k of every group that has
+    one, for each k in turn."""
     for index, group in enumerate(groups):
         lives.append(_Live(group, index, tmp))
     for live in lives:
@@ -591,12 +615,12 @@ def _measure(
             g = live.group
             first = live.outcome.error.splitlines()[0]
             progress.say(f"{g.mechanism.label} [{g.backend}] failed: {first}")
-    nblocks = len(groups[0].blocks)
-    for k in range(nblocks):
+    nslots = config.rounds * len(placements)
+    for k in range(nslots):
         # rotate the order, so that no row always follows the same neighbour
         shift = k % len(lives)
         for live in lives[shift:] + lives[:shift]:
-            if live.failed:
+            if live.failed or k not in live.group.slots:
                 continue
             t0 = time.perf_counter()
             if live.go():
@@ -646,7 +670,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _share.stop_tracker_after():
             try:
-                _measure(groups, tmp, config, progress, lives)
+                _measure(groups, tmp, config, placements, progress, lives)
             finally:
                 for live in lives:
                     live.stop()
