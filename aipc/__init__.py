@@ -36,6 +36,15 @@ from ._pipes import (
     pipe_max_size,
 )
 from ._process import Process, open_process
+from ._semaphores import (
+    PosixSemaphore,
+    SemaphoreStatistics,
+    SysVSemaphore,
+    attach_posix_semaphore,
+    attach_sysv_semaphore,
+    create_posix_semaphore,
+    create_sysv_semaphore,
+)
 from ._signals import (
     SIGNAL_VALUE_MAX,
     SIGNAL_VALUE_MIN,
@@ -65,14 +74,21 @@ __all__ = [
     "NotAFifoError",
     "PipeReceiveStream",
     "PipeSendStream",
+    "PosixSemaphore",
     "Process",
+    "SemaphoreStatistics",
     "SignalInfo",
     "SignalReceiver",
     "SignalReceiverStatistics",
     "StreamStatistics",
+    "SysVSemaphore",
+    "attach_posix_semaphore",
+    "attach_sysv_semaphore",
     "clean",
     "create_fifo",
     "create_pipe",
+    "create_posix_semaphore",
+    "create_sysv_semaphore",
     "inherit",
     "list_objects",
     "open_fifo_receiver",
