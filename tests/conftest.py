@@ -9,7 +9,7 @@ import shutil
 import signal
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -108,3 +108,66 @@ def fifo_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
     left = [p.name for p in tmp_path.iterdir() if stat.S_ISFIFO(p.lstat().st_mode)]
     assert not left, f"test left FIFOs behind: {left}"
+
+
+# --- semaphores and SysV message queues --------------------------------------
+#
+# Other test runs may share the machine's SysV ids and /dev/shm (SysV objects
+# are per IPC namespace, not per process), so the leak check below only counts
+# objects this run made: POSIX semaphore names that carry this pid, and SysV
+# keys in a range tagged with it. Tests take their names and keys from the
+# fixtures below.
+
+_SYSV_KEY_TAG = 0x40000000 | (os.getpid() & 0x3FFF) << 16
+_sysv_key_counter = 0
+
+
+def _sysv_keys(kind: str) -> set[int]:
+    """Keys of the SysV objects (``kind`` "sem" or "msg") tagged by this run."""
+    keys = set()
+    with open(f"/proc/sysvipc/{kind}") as f:
+        next(f)  # header
+        for line in f:
+            key = int(line.split()[0])
+            if key & ~0xFFFF == _SYSV_KEY_TAG:
+                keys.add(key)
+    return keys
+
+
+def _posix_semaphores() -> set[str]:
+    marker = f"sem.aipc-test-{os.getpid()}-"
+    return {name for name in os.listdir("/dev/shm") if name.startswith(marker)}
+
+
+@pytest.fixture(autouse=True)
+def no_ipc_leaks() -> Iterator[None]:
+    """Fail the test if it leaves a POSIX named semaphore or a SysV semaphore
+    or message queue of this run behind."""
+    before = (_sysv_keys("sem"), _sysv_keys("msg"), _posix_semaphores())
+    yield
+    sems, queues, names = (
+        _sysv_keys("sem") - before[0],
+        _sysv_keys("msg") - before[1],
+        _posix_semaphores() - before[2],
+    )
+    assert not sems, f"test left SysV semaphores behind: keys {sorted(sems)}"
+    assert not queues, f"test left SysV message queues behind: keys {sorted(queues)}"
+    assert not names, f"test left POSIX semaphores behind: {sorted(names)}"
+
+
+@pytest.fixture
+def posix_sem_name(request: pytest.FixtureRequest) -> str:
+    """A POSIX semaphore name unique to this run and test (see no_ipc_leaks)."""
+    return f"/aipc-test-{os.getpid()}-{abs(hash(request.node.nodeid)):x}"
+
+
+@pytest.fixture
+def sysv_key() -> Callable[[], int]:
+    """A function returning a fresh SysV key of this run (see no_ipc_leaks)."""
+
+    def fresh() -> int:
+        global _sysv_key_counter
+        _sysv_key_counter = (_sysv_key_counter + 1) & 0xFFFF
+        return _SYSV_KEY_TAG | _sysv_key_counter
+
+    return fresh
