@@ -221,16 +221,28 @@ class FdHandle:
 
     The descriptor must already be close-on-exec and, for readiness waits,
     non-blocking. ``what`` names the resource in messages ("pipe", "eventfd").
+
+    ``closer``, if given, closes the descriptor in step 3 instead of
+    ``os.close(fd)``: for a descriptor opened by a library that keeps its own
+    copy of the number (posix_ipc's message queues, whose ``close()`` is
+    ``mq_close``). Calling the library's close lets it forget the number too, so
+    that no later call through it can reach a file that reuses the number, and
+    nothing closes the descriptor twice; the order (forget, notify, close)
+    stays this class's. ``closer`` must close exactly ``fd``; do not
+    :meth:`detach` such a handle.
     """
 
-    __slots__ = ("__weakref__", "_fd", "_rwatch", "_wwatch", "what")
+    __slots__ = ("__weakref__", "_closer", "_fd", "_rwatch", "_wwatch", "what")
 
-    def __init__(self, fd: int, what: str) -> None:
+    def __init__(
+        self, fd: int, what: str, closer: Callable[[], object] | None = None
+    ) -> None:
         if not isinstance(fd, int) or isinstance(fd, bool):
             raise TypeError(f"fd must be an int, not {type(fd).__name__}")
         if fd < 0:
             raise ValueError(f"fd must be >= 0, got {fd}")
         self._fd = fd
+        self._closer = closer
         self.what = what
         self._rwatch: _Watcher | None = None
         self._wwatch: _Watcher | None = None
@@ -264,7 +276,10 @@ class FdHandle:
         except (RuntimeError, sniffio.AsyncLibraryNotFoundError):
             pass  # no event loop running: nobody can be waiting on it
         # 3. close
-        os.close(fd)
+        if self._closer is None:
+            os.close(fd)
+        else:
+            self._closer()
 
     def detach(self) -> int:
         """Give up ownership: return the fd, which this handle will not close."""
@@ -380,9 +395,13 @@ class FdHandle:
                     stacklevel=2,
                     source=self,
                 )
+            closer = getattr(self, "_closer", None)
             try:
-                _close(fd)
-            except OSError:
+                if closer is None:
+                    _close(fd)
+                else:
+                    closer()
+            except Exception:  # OSError, or the closer library's own error
                 pass
 
 

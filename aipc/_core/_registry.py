@@ -8,6 +8,12 @@ kind, the object's name, its identity (device and inode, so that a later object
 with the same name is never touched) and the owner (pid and the process start
 time, so that a recycled pid is not mistaken for the owner). Attaching to an
 object never writes a record: only its creator owns it.
+
+Kinds: ``"fifo"`` (an absolute path) and ``"mqueue"`` (a POSIX message queue
+name such as ``"/jobs"``, in the IPC namespace of the process that looks). A
+message queue's identity is the device and inode of its descriptor
+(``fstat`` on the mq descriptor, which needs no ``/dev/mqueue`` mount); a
+later check opens the queue by name to compare.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "NamedObject",
     "clean",
     "list_objects",
+    "mqueue_identity",
     "register",
     "state_dir",
     "unregister",
@@ -69,7 +77,7 @@ def _proc_start_time(pid: int) -> int | None:
 class NamedObject:
     """One registry record: a named kernel object aipc created.
 
-    Attributes: ``kind`` ("fifo", ...), ``name`` (path or name), ``dev`` and
+    Attributes: ``kind`` ("fifo", "mqueue"), ``name`` (path or name), ``dev`` and
     ``inode`` (its identity when created), ``pid`` and ``pid_start`` (the owner).
     """
 
@@ -110,8 +118,49 @@ def _remove_path(obj: NamedObject) -> None:
         os.unlink(obj.name)
 
 
-_PROBES: dict[str, Callable[[NamedObject], bool]] = {"fifo": _probe_path}
-_REMOVERS: dict[str, Callable[[NamedObject], None]] = {"fifo": _remove_path}
+def mqueue_identity(name: str) -> tuple[int, int] | None:
+    """(device, inode) of the POSIX message queue ``name``, or None if there is
+    none, or it cannot be opened to tell (another user's 0600 queue).
+
+    Opening a queue by name changes nothing in it (no message is touched, and
+    only creation counts against RLIMIT_MSGQUEUE).
+    """
+    import posix_ipc
+
+    for read, write in ((True, False), (False, True)):
+        try:
+            mq: Any = posix_ipc.MessageQueue(name, read=read, write=write)
+        except posix_ipc.ExistentialError:
+            return None
+        except posix_ipc.PermissionsError:
+            continue  # a mode without read permission: try write-only
+        try:
+            st = os.fstat(mq.mqd)
+        finally:
+            mq.close()
+        return st.st_dev, st.st_ino
+    return None
+
+
+def _probe_mqueue(obj: NamedObject) -> bool:
+    return mqueue_identity(obj.name) == (obj.dev, obj.inode)
+
+
+def _remove_mqueue(obj: NamedObject) -> None:
+    import posix_ipc
+
+    with contextlib.suppress(posix_ipc.ExistentialError):
+        posix_ipc.unlink_message_queue(obj.name)
+
+
+_PROBES: dict[str, Callable[[NamedObject], bool]] = {
+    "fifo": _probe_path,
+    "mqueue": _probe_mqueue,
+}
+_REMOVERS: dict[str, Callable[[NamedObject], None]] = {
+    "fifo": _remove_path,
+    "mqueue": _remove_mqueue,
+}
 
 
 def _record_path(kind: str, name: str) -> str:
