@@ -28,6 +28,14 @@ from ._fifos import (
     open_fifo_sender,
 )
 from ._handoff import inherit
+from ._mqueue import (
+    MQ_PRIORITY_MAX,
+    MessageQueue,
+    MessageQueueAttributes,
+    MessageQueueStatistics,
+    create_message_queue,
+    open_message_queue,
+)
 from ._pipes import (
     PIPE_BUF,
     PipeReceiveStream,
@@ -59,6 +67,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EVENTFD_MAX",
+    "MQ_PRIORITY_MAX",
     "PIPE_BUF",
     "SIGNAL_VALUE_MAX",
     "SIGNAL_VALUE_MIN",
@@ -70,6 +79,9 @@ __all__ = [
     "FifoReceiveStream",
     "FifoSendStream",
     "LimitExceededError",
+    "MessageQueue",
+    "MessageQueueAttributes",
+    "MessageQueueStatistics",
     "NamedObject",
     "NotAFifoError",
     "PipeReceiveStream",
@@ -86,6 +98,7 @@ __all__ = [
     "attach_sysv_semaphore",
     "clean",
     "create_fifo",
+    "create_message_queue",
     "create_pipe",
     "create_posix_semaphore",
     "create_sysv_semaphore",
@@ -93,6 +106,7 @@ __all__ = [
     "list_objects",
     "open_fifo_receiver",
     "open_fifo_sender",
+    "open_message_queue",
     "open_process",
     "open_signal_receiver",
     "pipe_max_size",
