@@ -171,3 +171,82 @@ def sysv_key() -> Callable[[], int]:
         return _SYSV_KEY_TAG | _sysv_key_counter
 
     return fresh
+
+
+# --- POSIX message queues ------------------------------------------------------
+#
+# The mqueue namespace is shared by every process in the IPC namespace, and
+# /dev/mqueue is often not mounted. The check lists the namespace through a
+# private, detached mount of the mqueue filesystem (fsopen + fsmount: no mount
+# point anywhere, gone when its descriptor closes; needs CAP_SYS_ADMIN), opened
+# here once for the run; without one it probes the names `mq_name` gave out.
+# Either way it counts only this run's names, which carry its pid.
+
+MQ_PREFIX = f"aipc-test-{os.getpid()}-mq-"
+_mq_names: list[str] = []
+
+
+def _mqueue_listing() -> int | None:
+    """A descriptor on a detached mount of this IPC namespace's mqueue fs."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    # fsopen, fsconfig, fsmount: the same numbers on every architecture
+    fs = libc.syscall(430, b"mqueue", 1)  # FSOPEN_CLOEXEC
+    if fs < 0:
+        return None
+    try:
+        if libc.syscall(431, fs, 6, None, None, 0) < 0:  # FSCONFIG_CMD_CREATE
+            return None
+        mount = libc.syscall(432, fs, 1, 0)  # FSMOUNT_CLOEXEC
+        return mount if mount >= 0 else None
+    finally:
+        os.close(fs)
+
+
+_MQ_LISTING = _mqueue_listing()
+
+
+def _our_mqueues() -> set[str]:
+    """This run's queues that exist now."""
+    if _MQ_LISTING is not None:
+        return {
+            "/" + entry
+            for entry in os.listdir(f"/proc/self/fd/{_MQ_LISTING}")
+            if entry.startswith(MQ_PREFIX)
+        }
+    from aipc._core import _registry
+
+    return {name for name in _mq_names if _registry.mqueue_identity(name)}
+
+
+@pytest.fixture(autouse=True)
+def no_mqueue_leaks() -> Iterator[None]:
+    """Fail the test if it leaves a POSIX message queue of this run behind;
+    remove it (and its registry record) first, so that the next test starts
+    clean."""
+    before = _our_mqueues()
+    yield
+    left = sorted(_our_mqueues() - before)
+    if left:
+        import posix_ipc
+
+        from aipc._core import _registry
+
+        for name in left:
+            posix_ipc.unlink_message_queue(name)
+            _registry.unregister("mqueue", name)
+    assert not left, f"test left POSIX message queues behind: {left}"
+
+
+@pytest.fixture
+def mq_name() -> Callable[[], str]:
+    """A function returning a fresh POSIX message queue name of this run (with
+    its pid and a counter; see no_mqueue_leaks)."""
+
+    def fresh() -> str:
+        name = f"/{MQ_PREFIX}{len(_mq_names)}"
+        _mq_names.append(name)
+        return name
+
+    return fresh
