@@ -4,7 +4,9 @@ neither loses nor leaks a token, crash safety, errors."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 import sysv_ipc
 
 import aipc
+from aipc._core._bridge import INTERRUPT_SIGNAL
 
 from ._helpers import child_process, read_line
 
@@ -133,6 +136,37 @@ async def test_cancelled_acquire_keeps_no_token_and_no_thread(make: Factory) -> 
 
             tg.start_soon(waiter)
             await anyio.wait_all_tasks_blocked()
+            sem.release()
+            await got.wait()
+    assert sem.value == 0
+
+
+def _interrupt_worker_threads() -> None:
+    """Send the bridge's signal to every thread but this one, as a stray
+    signal would: a worker blocked in the kernel gets EINTR."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and thread.ident is not None:
+            signal.pthread_kill(thread.ident, INTERRUPT_SIGNAL)
+
+
+async def test_a_stray_interrupt_does_not_end_the_wait(make: Factory) -> None:
+    # EINTR without a cancellation: the worker must tell it apart from a real
+    # error (sysv_ipc and posix_ipc each report it their own way) and wait on
+    sem = make(0)
+    got = anyio.Event()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+
+            async def waiter() -> None:
+                await sem.acquire()
+                got.set()
+
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            for _ in range(10):
+                _interrupt_worker_threads()
+                await anyio.sleep(0.005)
+            assert not got.is_set()
             sem.release()
             await got.wait()
     assert sem.value == 0
