@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import signal
 import struct
 from collections.abc import Iterable
 
 __all__ = [
+    "OFF_MAX",
     "SIGNALFD_SIGINFO_SIZE",
     "SI_QUEUE",
     "SI_TKILL",
     "SI_USER",
+    "flock",
     "install_interrupt_handler",
+    "ofd_lock",
     "pidfd_getfd",
     "pidfd_send_signal",
     "restore_sigaction",
@@ -223,3 +227,59 @@ def pidfd_getfd(pidfd: int, target_fd: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"pidfd_getfd: {os.strerror(err)}")
     return int(result)
+
+
+# File locks. Python's fcntl.flock / fcntl.fcntl retry on EINTR (PEP 475), so a
+# wait in them cannot be interrupted; these make one attempt each, which the
+# blocking bridge needs.
+
+
+def flock(fd: int, operation: int) -> None:
+    """``flock(2)``, one attempt.
+
+    ``InterruptedError`` on ``EINTR``; ``BlockingIOError`` when ``LOCK_NB`` is
+    in ``operation`` and another open file description holds a conflicting
+    lock; other errors as the ``OSError`` subclass of their errno.
+    """
+    if _libc.flock(fd, operation) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"flock: {os.strerror(err)}")
+
+
+class _Flock(ctypes.Structure):
+    # struct flock on the 64-bit ports (off_t is 64 bits; the compiler pads
+    # after l_whence and after l_pid exactly as ctypes does)
+    _fields_ = [
+        ("l_type", ctypes.c_short),
+        ("l_whence", ctypes.c_short),
+        ("l_start", ctypes.c_int64),
+        ("l_len", ctypes.c_int64),
+        ("l_pid", ctypes.c_int),
+    ]
+
+
+#: The largest file offset (off_t): a lock range must end at or before it.
+OFF_MAX = 2**63 - 1
+
+
+def ofd_lock(fd: int, command: int, lock_type: int, start: int, length: int) -> None:
+    """``fcntl(fd, command, &flock)`` for an open-file-description lock, one attempt.
+
+    ``command`` is ``F_OFD_SETLK`` or ``F_OFD_SETLKW``; ``lock_type`` is
+    ``F_RDLCK``, ``F_WRLCK`` or ``F_UNLCK``; the range is ``length`` bytes from
+    ``start`` (``length`` 0: to the end of the file and beyond, however it
+    grows). ``InterruptedError`` on ``EINTR``; ``BlockingIOError`` when
+    ``F_OFD_SETLK`` meets a conflicting lock (POSIX allows ``EACCES`` there
+    too; it is reported the same way).
+    """
+    request = _Flock()
+    request.l_type = lock_type
+    request.l_whence = os.SEEK_SET
+    request.l_start = start
+    request.l_len = length
+    request.l_pid = 0  # must be 0 for OFD locks
+    if _libc.fcntl(fd, command, ctypes.byref(request)) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EACCES and command == fcntl.F_OFD_SETLK:
+            err = errno.EAGAIN
+        raise OSError(err, f"fcntl: {os.strerror(err)}")
