@@ -28,6 +28,7 @@ from ._fifos import (
     open_fifo_sender,
 )
 from ._handoff import inherit
+from ._locks import FileLock, LockStatistics, RangeLock
 from ._mqueue import (
     MQ_PRIORITY_MAX,
     MessageQueue,
@@ -78,7 +79,9 @@ __all__ = [
     "Fifo",
     "FifoReceiveStream",
     "FifoSendStream",
+    "FileLock",
     "LimitExceededError",
+    "LockStatistics",
     "MessageQueue",
     "MessageQueueAttributes",
     "MessageQueueStatistics",
@@ -88,6 +91,7 @@ __all__ = [
     "PipeSendStream",
     "PosixSemaphore",
     "Process",
+    "RangeLock",
     "SemaphoreStatistics",
     "SignalInfo",
     "SignalReceiver",
