@@ -33,6 +33,11 @@ EXPECTED = {
     "pipe_child_trio.py": ["consumer got 100 messages"],
     "eventfd_wakeup.py": ["counter mode: one wait took 6", "parent woke 5 times"],
     "fifo_rendezvous.py": ["reader got 100 lines from 2 writers"],
+    "lock_shared_by_asyncio_and_trio.py": [
+        "asyncio process: 250 increments",
+        "trio process: 250 increments",
+        "final total: 500",
+    ],
     "mq_work_queue_trio.py": [
         "producer sent 20 jobs",
         "3 workers squared 20 numbers; sum 2870",
