@@ -63,6 +63,12 @@ from ._signals import (
     open_signal_receiver,
     send_signal,
 )
+from ._sysv_mqueue import (
+    SysVMessageQueue,
+    SysVMessageQueueStatistics,
+    attach_sysv_message_queue,
+    create_sysv_message_queue,
+)
 
 __version__ = "0.1.0"
 
@@ -97,14 +103,18 @@ __all__ = [
     "SignalReceiver",
     "SignalReceiverStatistics",
     "StreamStatistics",
+    "SysVMessageQueue",
+    "SysVMessageQueueStatistics",
     "SysVSemaphore",
     "attach_posix_semaphore",
+    "attach_sysv_message_queue",
     "attach_sysv_semaphore",
     "clean",
     "create_fifo",
     "create_message_queue",
     "create_pipe",
     "create_posix_semaphore",
+    "create_sysv_message_queue",
     "create_sysv_semaphore",
     "inherit",
     "list_objects",
