@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -13,6 +12,7 @@ import anyio
 import pytest
 
 import aipc
+from aipc._core import _sys
 from aipc._core._bridge import open_interruptible, run_interruptible
 from aipc._core._errors import translate_os_error
 from aipc._core._fd import FdHandle, reopen_private_nonblocking
@@ -153,17 +153,12 @@ async def test_interruptible_open_reports_errors(tmp_path: os.PathLike[str]) -> 
         )
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def _blocking_flock(fd: int) -> Callable[[], int]:
-    """One LOCK_EX attempt through libc, EINTR as InterruptedError (the bridge's
-    calling convention; fcntl.flock would retry on EINTR)."""
+    """One LOCK_EX attempt, EINTR as InterruptedError (the bridge's calling
+    convention; fcntl.flock would retry on EINTR)."""
 
     def call() -> int:
-        if _libc.flock(fd, fcntl.LOCK_EX) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+        _sys.flock(fd, fcntl.LOCK_EX)
         return fd
 
     return call

@@ -1,7 +1,9 @@
 """The Linux system calls the stdlib lacks, through ctypes (Linux only).
 
 ``signalfd``, raw ``sigaction`` save and restore, ``pidfd_send_signal`` with a
-``siginfo_t`` (the stdlib only sends without one) and ``pidfd_getfd``. The
+``siginfo_t`` (the stdlib only sends without one), ``pidfd_getfd``, the
+blocking bridge's interrupt handler, and one-attempt ``flock`` and OFD
+``fcntl`` locks that report ``EINTR`` (the stdlib's retry it). The
 pidfd calls are new enough (Linux 5.1+) to have one system call number on
 every architecture; ``rt_sigqueueinfo`` has not, so a payload to a pid goes
 through a short-lived pidfd instead.
