@@ -913,7 +913,8 @@ async def test_parent_sends_child_receives(mq_name: Names, backend_id: str) -> N
             await read_line(stdout)
             == repr([(b"parent %d" % i, 7) for i in range(20)]).encode()
         )
-        assert mq.statistics().send_waits > 0
+        # (whether a send had to wait depends on how fast the child drains;
+        # test_back_pressure checks the waiting deterministically)
 
 
 async def test_child_sends_parent_receives(mq_name: Names, backend_id: str) -> None:
