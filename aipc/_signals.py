@@ -11,9 +11,9 @@ signalfd only sees *blocked* signals: a receiver blocks its signals in the main
 thread, so that every thread started from it afterwards inherits the block, and
 installs a fallback handler for the threads that do not block them (started
 before, or by C code). The kernel may deliver a signal to such a thread; the
-handler then runs in the main thread and raises the signal again at the main
-thread, where it is blocked and so goes to the signalfd. Such a signal arrives
-without its sender (``pid``, ``uid``, ``code`` and ``value`` are ``None``).
+handler then runs in the main thread, queues the signal for the receivers and
+wakes the reader through the hub's pipe. Such a signal arrives without its
+sender (``pid``, ``uid``, ``code`` and ``value`` are ``None``).
 """
 
 from __future__ import annotations
@@ -257,23 +257,23 @@ class _Hub:
     """The process's one signalfd and the receivers it feeds (main thread only)."""
 
     def __init__(self) -> None:
-        # the reader waits on ``handle``, an epoll set of the signalfd and, when
-        # aipc had to set the wakeup fd itself, of the wakeup pipe
+        # The reader waits on ``handle``, an epoll set of the signalfd and of
+        # the hub's pipe, which the fallback handler writes to (and which is
+        # the process's wakeup fd when no event loop set one).
         self.handle: FdHandle | None = None
         self.signalfd: FdHandle | None = None
         self.wake_r: FdHandle | None = None
         self.wake_w: FdHandle | None = None
         self.epoll: select.epoll | None = None
         self.wakeup_checked = False
+        self.own_wakeup = False
         self.receivers: dict[int, list[SignalReceiver]] = {}
         self.saved: dict[int, _Saved] = {}
         self.reader: SignalReceiver | None = None
         self.reader_scope: anyio.CancelScope | None = None
         self.followers: dict[SignalReceiver, anyio.Event] = {}
-        # signals the fallback handler raised again; a record of a standard
-        # signal coalesces with any other, so for those this is 0 or 1
-        self.rerouted: dict[int, int] = {}
-        self.pid = os.getpid()
+        # signals the fallback handler caught, for the reader to hand out
+        self.caught: deque[int] = deque()
         self.sigchld_read = False
 
     # -- subscription (open and close) ----------------------------------------
@@ -328,7 +328,6 @@ class _Hub:
                 _sys.restore_sigaction(sig, saved.sigaction)
             # else someone installed a handler while the receiver was open
             # (uvloop's for SIGCHLD): theirs is the one to keep
-            self.rerouted.pop(sig, None)
             if not saved.blocked:
                 unblock.append(sig)
         if unblock:
@@ -359,10 +358,13 @@ class _Hub:
             return
         if not signums:
             return
-        self.signalfd = FdHandle(_sys.signalfd(-1, signums), "signalfd")
         self.epoll = select.epoll()
         try:
+            self.signalfd = FdHandle(_sys.signalfd(-1, signums), "signalfd")
             self.epoll.register(self.signalfd.fileno(), select.EPOLLIN)
+            r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self.wake_r, self.wake_w = FdHandle(r, "pipe"), FdHandle(w, "pipe")
+            self.epoll.register(r, select.EPOLLIN)
             # the epoll object closes its own fd; the hub waits on a dup of it
             self.handle = FdHandle(os.dup(self.epoll.fileno()), "epoll")
         except BaseException:
@@ -375,30 +377,27 @@ class _Hub:
         # else wakes an event loop that sleeps in epoll_wait, and the fallback
         # handler only runs once it wakes. trio and uvloop set a wakeup fd when
         # they start, asyncio only with a signal handler of its own. Without
-        # one, aipc sets a pipe of its own, which the reader waits on too. This
-        # runs in the first wait, inside the event loop, so that a loop that
-        # starts later does not find aipc's pipe there (trio would warn).
+        # one, the hub's pipe becomes the wakeup fd. This runs in the first
+        # wait, inside the event loop, so that a loop that starts later does
+        # not find aipc's pipe there (trio would warn).
         self.wakeup_checked = True
-        assert self.epoll is not None
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        wake_r, wake_w = FdHandle(r, "pipe"), FdHandle(w, "pipe")
-        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        assert self.wake_w is not None
+        previous = signal.set_wakeup_fd(self.wake_w.fd, warn_on_full_buffer=False)
         if previous != -1:
             # the event loop has one: put it back (trio and uvloop set theirs
             # without warnings on a full buffer, as here)
             signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
-            wake_r.close()
-            wake_w.close()
-            return
-        self.wake_r, self.wake_w = wake_r, wake_w
-        self.epoll.register(r, select.EPOLLIN)
+        else:
+            self.own_wakeup = True
 
     def _close(self) -> None:
-        if self.wake_w is not None:
+        if self.own_wakeup and self.wake_w is not None:
             previous = signal.set_wakeup_fd(-1)
             if previous not in (-1, self.wake_w.fd):
                 # an event loop set its own over ours meanwhile: it stays
                 signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+        self.own_wakeup = False
+        self.caught.clear()
         for handle in (self.handle, self.signalfd, self.wake_r, self.wake_w):
             if handle is not None:
                 handle.close()
@@ -412,16 +411,19 @@ class _Hub:
 
     def drain(self) -> bool:
         """Read every pending record and hand it out; False if there was none."""
-        if self.signalfd is None:
+        if self.signalfd is None or self.wake_r is None:
             return False
-        if self.wake_r is not None:
-            try:
-                while os.read(self.wake_r.fd, 256):
-                    pass  # what a signal wrote only woke us
-            except BlockingIOError:
-                pass
-        fd = self.signalfd.fd
+        try:
+            while os.read(self.wake_r.fd, 256):
+                pass  # what was written there only woke us
+        except BlockingIOError:
+            pass
         got = False
+        caught = self.caught
+        while caught:
+            got = True
+            self._hand_out(SignalInfo(_as_signum(caught.popleft()), *_UNKNOWN))
+        fd = self.signalfd.fd
         size = _sys.SIGNALFD_SIGINFO_SIZE
         while True:
             try:
@@ -438,13 +440,6 @@ class _Hub:
         )
         if signo == signal.SIGCHLD:
             self.sigchld_read = True
-        if code == _sys.SI_TKILL and pid == self.pid and self.rerouted.get(signo):
-            # raised again by the fallback handler: the sender is unknown
-            if signo < signal.SIGRTMIN:
-                self.rerouted[signo] = 0
-            else:
-                self.rerouted[signo] -= 1
-            return SignalInfo(_as_signum(signo), None, None, None, None, None)
         return SignalInfo(
             _as_signum(signo),
             pid,
@@ -490,20 +485,25 @@ class _Hub:
 
 _hub = _Hub()
 _MAIN_THREAD = threading.main_thread().ident
+# pid, uid, code, value, status of a signal the fallback handler caught
+_UNKNOWN = (None, None, None, None, None)
 
 
 def _fallback(signum: int, frame: FrameType | None) -> None:
     # Python runs this in the main thread for a signal the kernel delivered to
     # a thread that does not block it (the main thread does, while a receiver
-    # is open). Raise it again at the main thread, where it is blocked: it
-    # becomes pending there and the signalfd reads it, without its siginfo.
-    if signum not in _hub.receivers:
+    # is open); its siginfo is gone. Queue it for the reader and wake it
+    # through the hub's pipe. Raising it again at the main thread would not
+    # do: a signal pending for the main thread only is invisible to an epoll
+    # that waits in another thread (trio's guest mode does that).
+    hub = _hub
+    if signum not in hub.receivers or hub.wake_w is None:
         return
-    _hub.rerouted[signum] = _hub.rerouted.get(signum, 0) + 1
-    # if someone unblocked it in the main thread meanwhile, block it again, or
-    # the signal would come straight back here
-    signal.pthread_sigmask(signal.SIG_BLOCK, [signum])
-    signal.pthread_kill(threading.get_ident(), signum)
+    hub.caught.append(signum)
+    try:
+        os.write(hub.wake_w.fd, b"\0")
+    except BlockingIOError:
+        pass  # the pipe is full of wake-ups already: the reader will come
 
 
 class SignalReceiver(ObjectReceiveStream[SignalInfo]):
