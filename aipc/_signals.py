@@ -50,6 +50,8 @@ SIGNAL_VALUE_MAX: int = 2**31 - 1
 
 # the kernel's first realtime signal; glibc keeps it and the next for threads
 _KERNEL_SIGRTMIN = 32
+# records read from the signalfd at once (128 bytes each)
+_READ_RECORDS = 64
 _UNCATCHABLE: dict[int, str] = {signal.SIGKILL: "SIGKILL", signal.SIGSTOP: "SIGSTOP"}
 # raised by the CPU for the faulting thread: blocked, the kernel kills the
 # process instead of queueing them, so no signalfd can ever see a real one
@@ -225,11 +227,13 @@ class SignalReceiverStatistics:
     without_sender: int
 
 
+_SIGNALS: dict[int, signal.Signals] = {int(sig): sig for sig in signal.Signals}
+
+
 def _as_signum(signum: int) -> int:
-    try:
-        return signal.Signals(signum)
-    except ValueError:
-        return signum
+    # a dict: signal.Signals(n) raises and catches ValueError for every
+    # realtime signal, which shows in the bench
+    return _SIGNALS.get(signum, signum)
 
 
 class _Saved:
@@ -270,10 +274,11 @@ class _Hub:
         self.receivers: dict[int, list[SignalReceiver]] = {}
         self.saved: dict[int, _Saved] = {}
         self.reader: SignalReceiver | None = None
-        self.reader_scope: anyio.CancelScope | None = None
         self.followers: dict[SignalReceiver, anyio.Event] = {}
         # signals the fallback handler caught, for the reader to hand out
         self.caught: deque[int] = deque()
+        # something was written to the pipe that the reader must read back
+        self.poked = False
         self.sigchld_read = False
 
     # -- subscription (open and close) ----------------------------------------
@@ -305,11 +310,8 @@ class _Hub:
             if not listeners:
                 self.receivers.pop(sig, None)
                 gone.append(sig)
-        if self.reader is receiver and self.reader_scope is not None:
-            try:
-                self.reader_scope.cancel()  # the reader leaves, and wakes the others
-            except RuntimeError:
-                pass  # its event loop is gone: nothing waits there any more
+        if self.reader is receiver:
+            self.poke()  # the reader wakes, sees it is closed, wakes the others
         event = self.followers.pop(receiver, None)
         if event is not None:
             event.set()
@@ -413,11 +415,13 @@ class _Hub:
         """Read every pending record and hand it out; False if there was none."""
         if self.signalfd is None or self.wake_r is None:
             return False
-        try:
-            while os.read(self.wake_r.fd, 256):
-                pass  # what was written there only woke us
-        except BlockingIOError:
-            pass
+        if self.poked or self.own_wakeup:
+            self.poked = False
+            try:
+                while os.read(self.wake_r.fd, 256):
+                    pass  # what was written there only woke us
+            except BlockingIOError:
+                pass
         got = False
         caught = self.caught
         while caught:
@@ -427,12 +431,14 @@ class _Hub:
         size = _sys.SIGNALFD_SIGINFO_SIZE
         while True:
             try:
-                data = os.read(fd, 64 * size)
+                data = os.read(fd, _READ_RECORDS * size)
             except BlockingIOError:
                 return got
             got = True
             for offset in range(0, len(data) - size + 1, size):
                 self._hand_out(self._record(data, offset))
+            if len(data) < _READ_RECORDS * size:
+                return True  # a short read: the queue is empty (or nearly)
 
     def _record(self, data: bytes, offset: int) -> SignalInfo:
         signo, code, pid, uid, status, value, _err = _sys.unpack_signalfd_siginfo(
@@ -449,6 +455,16 @@ class _Hub:
             status if signo == signal.SIGCHLD else None,
         )
 
+    def poke(self) -> None:
+        """Wake the reader (it waits on an epoll set that holds the pipe)."""
+        if self.wake_w is None:
+            return
+        self.poked = True
+        try:
+            os.write(self.wake_w.fd, b"\0")
+        except BlockingIOError:
+            pass  # full of wake-ups already: the reader will come
+
     def _hand_out(self, info: SignalInfo) -> None:
         for receiver in self.receivers.get(info.signum, ()):
             if receiver._offer(info):
@@ -463,14 +479,12 @@ class _Hub:
                 self._ensure_wakeup()
             self.reader = receiver
             try:
-                with anyio.CancelScope() as scope:
-                    self.reader_scope = scope
-                    await self.handle.wait_readable()
+                await self.handle.wait_readable()
             except anyio.ClosedResourceError:
                 pass  # the last receiver closed: the caller sees its own state
             finally:
                 if self.reader is receiver:
-                    self.reader = self.reader_scope = None
+                    self.reader = None
                 # someone else may have to take over the reading
                 for event in self.followers.values():
                     event.set()
@@ -500,10 +514,7 @@ def _fallback(signum: int, frame: FrameType | None) -> None:
     if signum not in hub.receivers or hub.wake_w is None:
         return
     hub.caught.append(signum)
-    try:
-        os.write(hub.wake_w.fd, b"\0")
-    except BlockingIOError:
-        pass  # the pipe is full of wake-ups already: the reader will come
+    hub.poke()
 
 
 class SignalReceiver(ObjectReceiveStream[SignalInfo]):

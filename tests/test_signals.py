@@ -95,15 +95,16 @@ async def test_sender_pid_uid_and_payload_round_trip() -> None:
 
 async def test_async_iteration_and_async_with() -> None:
     async with aipc.open_signal_receiver(RT) as received:
-        for value in (7, -7):
+        values = [7, -7, aipc.SIGNAL_VALUE_MAX, aipc.SIGNAL_VALUE_MIN]
+        for value in values:
             aipc.send_signal(os.getpid(), RT, value)
         got = []
         with anyio.fail_after(5):
             async for info in received:
                 got.append(info.value)
-                if len(got) == 2:
+                if len(got) == len(values):
                     break
-    assert got == [7, -7]
+    assert got == values
     assert received.closed
 
 

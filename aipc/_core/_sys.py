@@ -17,6 +17,7 @@ import fcntl
 import os
 import signal
 import struct
+import sys
 from collections.abc import Iterable
 
 __all__ = [
@@ -166,29 +167,44 @@ def pidfd_send_signal(pidfd: int, sig: int, value: int | None) -> None:
     info.fields.rt.uid = os.getuid()
     info.fields.rt.value.sival_int = value
     if _libc.syscall(_SYS_PIDFD_SEND_SIGNAL, pidfd, sig, ctypes.byref(info), 0) != 0:
-        err = ctypes.get_errno()
-        if err == errno.EAGAIN:
-            raise BlockingIOError(
-                err,
-                "the process's queue of pending signals is full (RLIMIT_SIGPENDING): "
-                "its receiver is not keeping up; try again later",
-            )
-        # OSError picks the subclass: ProcessLookupError, PermissionError, ...
-        raise OSError(err, f"pidfd_send_signal: {os.strerror(err)}")
+        raise _sigqueue_error(ctypes.get_errno(), "pidfd_send_signal")
+
+
+# glibc's sigqueue(pid_t, int, const union sigval): the union (an int or a
+# pointer, 8 bytes) is passed by value, in a register like a pointer on the
+# 64-bit ABIs, with sival_int in its low 32 bits on little-endian machines
+_libc.sigqueue.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_SIGQUEUE_DIRECT = sys.byteorder == "little" and ctypes.sizeof(ctypes.c_void_p) == 8
 
 
 def sigqueue(pid: int, sig: int, value: int) -> None:
     """``sigqueue(3)``: send ``sig`` with ``value`` to ``pid``.
 
-    Through a short-lived pidfd: ``rt_sigqueueinfo`` has a different system call
-    number on each architecture, the pidfd calls do not. A pid names a process
-    as ``kill(2)`` does: it may be a recycled one.
+    A pid names a process as ``kill(2)`` does: it may be a recycled one.
+    Elsewhere than little-endian 64-bit, through a short-lived pidfd (three
+    system calls instead of one).
     """
+    if _SIGQUEUE_DIRECT:
+        if _libc.sigqueue(pid, sig, value & 0xFFFFFFFF) != 0:
+            err = ctypes.get_errno()
+            raise _sigqueue_error(err, "sigqueue")
+        return
     pidfd = os.pidfd_open(pid)
     try:
         pidfd_send_signal(pidfd, sig, value)
     finally:
         os.close(pidfd)
+
+
+def _sigqueue_error(err: int, what: str) -> OSError:
+    if err == errno.EAGAIN:
+        return BlockingIOError(
+            err,
+            "the process's queue of pending signals is full (RLIMIT_SIGPENDING): "
+            "its receiver is not keeping up; try again later",
+        )
+    # OSError picks the subclass: ProcessLookupError, PermissionError, ...
+    return OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def install_interrupt_handler(sig: int) -> None:
