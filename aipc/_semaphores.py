@@ -28,6 +28,7 @@ from anyio.abc import AsyncResource
 
 from ._core._bridge import run_interruptible
 from ._core._fd import checkpoint
+from ._sysv import check_int, check_key, check_mode, interrupted, translate_error
 
 __all__ = [
     "PosixSemaphore",
@@ -42,9 +43,6 @@ __all__ = [
 #: POSIX semaphore names live in /dev/shm as "sem.<name without the slash>"
 _SHM_DIR = "/dev/shm"
 _NAME_MAX = 255 - len("sem.") + 1  # the leading slash is not stored
-
-_KEY_MIN = -(2**31)
-_KEY_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -65,21 +63,8 @@ class SemaphoreStatistics:
     cancelled: int
 
 
-def _check_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return value
-
-
-def _check_mode(mode: object) -> int:
-    mode = _check_int("mode", mode)
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be a permission mask within 0o777, got {mode!r}")
-    return mode
-
-
 def _check_initial(value: object, limit: int, limit_name: str) -> int:
-    value = _check_int("initial_value", value)
+    value = check_int("initial_value", value)
     if not 0 <= value <= limit:
         raise ValueError(
             f"initial_value must be between 0 and {limit} ({limit_name}), got {value}"
@@ -434,7 +419,7 @@ def create_posix_semaphore(
     initial_value = _check_initial(
         initial_value, posix_ipc.SEMAPHORE_VALUE_MAX, "SEM_VALUE_MAX"
     )
-    mode = _check_mode(mode)
+    mode = check_mode(mode)
     try:
         # sem_open applies the umask; the mode is set exactly below, and is
         # never wider than asked in between
@@ -481,37 +466,6 @@ def attach_posix_semaphore(name: str) -> PosixSemaphore:
 
 
 # --- System V semaphores ----------------------------------------------------
-
-
-def _check_key(key: object) -> int:
-    key = _check_int("key", key)
-    if key == sysv_ipc.IPC_PRIVATE or not _KEY_MIN <= key <= _KEY_MAX:
-        raise ValueError(
-            f"key must be a non-zero 32-bit int (IPC_PRIVATE, 0, cannot be "
-            f"attached to: pass key=None for a fresh key), got {key}"
-        )
-    return key
-
-
-def _sysv_error(exc: Exception, key: int, *, creating: bool) -> Exception:
-    # ExistentialError is EEXIST when creating (IPC_EXCL), ENOENT when attaching
-    if isinstance(exc, sysv_ipc.ExistentialError):
-        if creating:
-            return FileExistsError(
-                errno.EEXIST, "a SysV semaphore with this key exists", str(key)
-            )
-        return FileNotFoundError(
-            errno.ENOENT, "no SysV semaphore with this key", str(key)
-        )
-    if isinstance(exc, sysv_ipc.PermissionsError):
-        return PermissionError(errno.EACCES, "permission denied", str(key))
-    return exc
-
-
-def _sysv_interrupted(exc: BaseException) -> bool:
-    # sysv_ipc raises its *base* class for EINTR ("Signaled while waiting")
-    # and a subclass or OSError for every other errno of semop/msgrcv
-    return type(exc) is sysv_ipc.Error
 
 
 class SysVSemaphore(_BridgedSemaphore):
@@ -593,7 +547,7 @@ class SysVSemaphore(_BridgedSemaphore):
             # EIDRM: removed while this thread waited
             raise anyio.BrokenResourceError("the SysV semaphore was removed") from None
         except sysv_ipc.Error as exc:
-            if _sysv_interrupted(exc):
+            if interrupted(exc):
                 raise InterruptedError from None
             raise
 
@@ -680,11 +634,11 @@ def create_sysv_semaphore(
             ``SEMVMX``, 32767).
     """
     if key is not None:
-        key = _check_key(key)
+        key = check_key(key)
     initial_value = _check_initial(
         initial_value, sysv_ipc.SEMAPHORE_VALUE_MAX, "SEMVMX"
     )
-    mode = _check_mode(mode)
+    mode = check_mode(mode)
     if initial_value and not mode & 0o200:
         # semctl(SETVAL) needs the owner's write permission
         raise ValueError(
@@ -697,10 +651,10 @@ def create_sysv_semaphore(
     except sysv_ipc.ExistentialError as exc:
         assert key is not None  # a fresh key is retried by sysv_ipc
         if not exist_ok:
-            raise _sysv_error(exc, key, creating=True) from None
+            raise translate_error(exc, key, "semaphore", creating=True) from None
         return attach_sysv_semaphore(key, undo=undo)
     except sysv_ipc.Error as exc:
-        raise _sysv_error(exc, key or 0, creating=True) from None
+        raise translate_error(exc, key or 0, "semaphore", creating=True) from None
     try:
         waiter, trier = _second_handle(sem, undo)
     except BaseException:
@@ -716,10 +670,10 @@ def attach_sysv_semaphore(key: int, *, undo: bool = True) -> SysVSemaphore:
     :class:`SysVSemaphore`. Raises ``FileNotFoundError`` if there is no such
     semaphore and ``PermissionError`` if this user may not open it.
     """
-    key = _check_key(key)
+    key = check_key(key)
     try:
         sem = sysv_ipc.Semaphore(key)
         waiter, trier = _second_handle(sem, undo)
     except sysv_ipc.Error as exc:
-        raise _sysv_error(exc, key, creating=False) from None
+        raise translate_error(exc, key, "semaphore", creating=False) from None
     return SysVSemaphore(waiter, trier, owned=False)

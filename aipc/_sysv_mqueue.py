@@ -28,6 +28,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from ._core._bridge import run_interruptible
 from ._core._errors import LimitExceededError
 from ._core._fd import checkpoint
+from ._sysv import check_int, check_key, check_mode, interrupted, translate_error
 
 __all__ = [
     "SysVMessageQueue",
@@ -38,8 +39,6 @@ __all__ = [
 
 _MSGMAX_PATH = "/proc/sys/kernel/msgmax"
 _TYPE_MAX = 2**31 - 1  # sysv_ipc passes types as a C int
-_KEY_MIN = -(2**31)
-_KEY_MAX = 2**31 - 1
 
 
 def _msgmax() -> int:
@@ -66,21 +65,15 @@ class SysVMessageQueueStatistics:
     requeued: int
 
 
-def _check_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return value
-
-
 def _check_send_type(value: object) -> int:
-    value = _check_int("type", value)
+    value = check_int("type", value)
     if not 1 <= value <= _TYPE_MAX:
         raise ValueError(f"type must be between 1 and {_TYPE_MAX}, got {value}")
     return value
 
 
 def _check_filter(value: object) -> int:
-    value = _check_int("type", value)
+    value = check_int("type", value)
     if not -_TYPE_MAX <= value <= _TYPE_MAX:
         raise ValueError(
             f"type must be between {-_TYPE_MAX} and {_TYPE_MAX}, got {value}"
@@ -111,12 +104,6 @@ def _gone(exc: BaseException) -> bool:
     return isinstance(exc, sysv_ipc.ExistentialError) or (
         isinstance(exc, OSError) and exc.errno == errno.EINVAL
     )
-
-
-def _interrupted(exc: BaseException) -> bool:
-    # sysv_ipc raises its *base* class for EINTR ("Signaled while waiting")
-    # and a subclass or OSError for every other errno of msgsnd/msgrcv
-    return type(exc) is sysv_ipc.Error
 
 
 class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
@@ -304,7 +291,7 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
                     raise _removed_on_send() from None
                 raise
             except sysv_ipc.Error as exc:
-                if _interrupted(exc):
+                if interrupted(exc):
                     raise InterruptedError from None
                 raise
 
@@ -403,7 +390,7 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
             except sysv_ipc.ExistentialError:
                 raise _removed_on_receive() from None
             except sysv_ipc.Error as exc:
-                if _interrupted(exc):
+                if interrupted(exc):
                     raise InterruptedError from None
                 raise
             return bytes(data), int(mtype)
@@ -473,7 +460,7 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
                     raise
                 return  # removed: nothing to put back into
             except sysv_ipc.Error as exc:
-                if _interrupted(exc):
+                if interrupted(exc):
                     raise InterruptedError from None
                 raise
 
@@ -492,31 +479,6 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
             f"<SysVMessageQueue key={self._q.key:#x} id={self._q.id}{owner}{state} "
             f"sent={self._sent} received={self._received}>"
         )
-
-
-def _check_key(key: object) -> int:
-    key = _check_int("key", key)
-    if key == sysv_ipc.IPC_PRIVATE or not _KEY_MIN <= key <= _KEY_MAX:
-        raise ValueError(
-            f"key must be a non-zero 32-bit int (IPC_PRIVATE, 0, cannot be "
-            f"attached to: pass key=None for a fresh key), got {key}"
-        )
-    return key
-
-
-def _error(exc: Exception, key: int, *, creating: bool) -> Exception:
-    # ExistentialError is EEXIST when creating (IPC_EXCL), ENOENT when attaching
-    if isinstance(exc, sysv_ipc.ExistentialError):
-        if creating:
-            return FileExistsError(
-                errno.EEXIST, "a SysV message queue with this key exists", str(key)
-            )
-        return FileNotFoundError(
-            errno.ENOENT, "no SysV message queue with this key", str(key)
-        )
-    if isinstance(exc, sysv_ipc.PermissionsError):
-        return PermissionError(errno.EACCES, "permission denied", str(key))
-    return exc
 
 
 def create_sysv_message_queue(
@@ -543,10 +505,8 @@ def create_sysv_message_queue(
         ValueError / TypeError: a bad key or mode.
     """
     if key is not None:
-        key = _check_key(key)
-    mode = _check_int("mode", mode)
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be a permission mask within 0o777, got {mode!r}")
+        key = check_key(key)
+    mode = check_mode(mode)
     msgmax = _msgmax()
     try:
         queue = sysv_ipc.MessageQueue(
@@ -555,10 +515,10 @@ def create_sysv_message_queue(
     except sysv_ipc.ExistentialError as exc:
         assert key is not None  # a fresh key is retried by sysv_ipc
         if not exist_ok:
-            raise _error(exc, key, creating=True) from None
+            raise translate_error(exc, key, "message queue", creating=True) from None
         return attach_sysv_message_queue(key)
     except sysv_ipc.Error as exc:
-        raise _error(exc, key or 0, creating=True) from None
+        raise translate_error(exc, key or 0, "message queue", creating=True) from None
     try:
         return SysVMessageQueue(
             queue, msgmax, owned=True, remove_on_close=remove_on_close
@@ -575,10 +535,10 @@ def attach_sysv_message_queue(key: int) -> SysVMessageQueue:
     ``FileNotFoundError`` if there is no such queue and ``PermissionError`` if
     this user may not open it.
     """
-    key = _check_key(key)
+    key = check_key(key)
     try:
         msgmax = _msgmax()
         queue = sysv_ipc.MessageQueue(key, max_message_size=msgmax)
         return SysVMessageQueue(queue, msgmax, owned=False, remove_on_close=False)
     except sysv_ipc.Error as exc:
-        raise _error(exc, key, creating=False) from None
+        raise translate_error(exc, key, "message queue", creating=False) from None
