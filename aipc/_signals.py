@@ -293,8 +293,9 @@ class _Hub:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
                 raise
             for sig in new:
-                # block first, then handle: the fallback raises the signal at
-                # the main thread again, which must already block it
+                # blocked first, then handled: in between, a signal waits
+                # (blocked) for the signalfd or goes to the old disposition in
+                # another thread, as it would have before the receiver
                 saved = self.saved[sig] = _Saved(sig, sig in blocked)
                 signal.signal(sig, _fallback)
                 saved.ours = _sys.save_sigaction(sig)
