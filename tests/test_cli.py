@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,18 +33,56 @@ def _aipc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _bench(
+    *args: str, timeout: float = 60
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``aipc bench ARGS`` and the pid of the bench process (its named objects
+    carry it)."""
+    cmd = [sys.executable, "-W", "error", "-m", "aipc", "bench", *args]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), proc.pid
+
+
+def _bench_leftovers(pid: int) -> list[str]:
+    """The message queues and POSIX semaphores of the bench ``pid`` that still
+    exist (the bench names them /aipc-bench-PID-GROUP-ab and -ba)."""
+    import posix_ipc
+
+    left = [
+        name
+        for name in os.listdir("/dev/shm")
+        if name.startswith(f"sem.aipc-bench-{pid}-")
+    ]
+    for group in range(64):  # more than the groups of any run
+        for way in ("ab", "ba"):
+            name = f"/aipc-bench-{pid}-{group}-{way}"
+            try:
+                posix_ipc.MessageQueue(name).close()
+            except posix_ipc.ExistentialError:
+                continue
+            left.append(name)
+    return left
+
+
 def test_bench_quick_measures_every_mechanism_on_every_backend(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "bench.json"
-    result = _aipc("bench", "--quick", "--backend", "all", "--json", str(out))
+    result, pid = _bench("--quick", "--backend", "all", "--json", str(out))
     assert result.returncode == 0, result.stderr
     assert "aipc pipe" in result.stdout
     assert "total run time" in result.stdout
     rows = json.loads(out.read_text())["rows"]
     # the bench pins its two processes to two CPUs for cross-core rows, and
     # skips those (with a note) where only one CPU is available
-    placements = ("cross-core", "same-core")
+    placements: tuple[str, ...] = ("cross-core", "same-core")
     if len(os.sched_getaffinity(0)) < 2:
         placements = ("same-core",)
     aipc_rows = {
@@ -51,7 +90,15 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
         for r in rows
         if r["aipc"] and not r["failed"] and r.get("rtt")
     }
-    for mechanism in ("pipe", "fifo", "eventfd", "signal"):
+    for mechanism in (
+        "pipe",
+        "fifo",
+        "eventfd",
+        "signal",
+        "mqueue",
+        "lock",
+        "semaphore",
+    ):
         for backend in ("asyncio", "uvloop", "trio"):
             for placement in placements:
                 assert (mechanism, backend, placement) in aipc_rows
@@ -103,10 +150,61 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
         assert row["vs_reference"]["rtt"] > 0
         assert row["throughput"] == {}
         assert row["msgs"] is None
-    # the bench removed its FIFOs and their registry records
+    # the POSIX message queue: rtt and msgs/s, both compared with aipc pipe
+    # on the same backend and placement
+    mq_rows = [r for r in rows if r["mechanism"] == "mqueue"]
+    assert len(mq_rows) == 3 * len(placements)
+    for row in mq_rows:
+        assert row["reference"] == "aipc pipe"
+        assert row["vs_reference"]["rtt"] > 0
+        assert row["vs_reference"]["msgs"] > 0
+        assert row["throughput"] == {}
+    # the hand-off rows: rtt only; the lock compares with filelock on asyncio,
+    # the semaphore with nothing
+    has_filelock = importlib.util.find_spec("filelock") is not None
+    for row in rows:
+        if row["mechanism"] in ("lock", "semaphore"):
+            assert row["throughput"] == {}
+            assert row["msgs"] is None
+        if row["mechanism"] == "semaphore" or (
+            row["mechanism"] == "lock"
+            and (row["backend"] != "asyncio" or not has_filelock)
+        ):
+            assert row["reference"] is None, row
+        elif row["mechanism"] == "lock":
+            assert row["reference"] == "filelock AsyncFileLock hand-off"
+            assert row["vs_reference"]["rtt"] > 0
+    if has_filelock:
+        filelock_rows = [r for r in rows if r["mechanism"] == "filelock"]
+        assert {(r["backend"], r["placement"]) for r in filelock_rows} == {
+            ("asyncio", p) for p in placements
+        }
+        assert all(not r["failed"] and r["rtt"]["median_us"] > 0 for r in filelock_rows)
+    # the bench removed its FIFOs, queues, semaphores and their registry records
     listing = _aipc("objects")
     assert listing.returncode == 0, listing.stderr
     assert "fifo" not in listing.stdout
+    assert "aipc-bench" not in listing.stdout
+    assert _bench_leftovers(pid) == []
+
+
+def test_bench_interrupted_removes_its_queues_and_semaphores() -> None:
+    # Ctrl-C in the middle of the run: the rows fail, their named objects go
+    cmd = [sys.executable, "-W", "error", "-m", "aipc", "bench"]
+    cmd += ["--mechanism", "mqueue,semaphore", "--placement", "same-core"]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # measuring: both groups are up
+            if line.startswith("[2/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert _bench_leftovers(proc.pid) == []
+    listing = _aipc("objects")
+    assert "aipc-bench" not in listing.stdout
 
 
 # exec keeps the signal mask: the bench runs with the four signals of its

@@ -7,8 +7,12 @@ one-way throughput of 64 KiB and 1 MiB chunks and the rate of 64-byte messages
 streamed one way. aipc rows run on the backend chosen with ``--backend``; the
 peers (blocking ``os.read``/``os.write``, ``multiprocessing.Pipe`` and
 ``Queue``, ``faster_fifo.Queue``, pyzmq over ``ipc://``, asyncio and uvloop
-pipe streams, trio's ``FdStream``) run on their own loops in the same run, so
-that the ratios compare like with like. See ``benchmarks/README.md``.
+pipe streams, trio's ``FdStream``, ``filelock.AsyncFileLock``) run on their
+own loops in the same run, so that the ratios compare like with like. POSIX
+message queues, file locks and POSIX semaphores have rows of their own: round
+trips and messages per second for the queue, hand-off latency (release in one
+process to acquire in the other) for the locks and semaphores. See
+``benchmarks/README.md``.
 
 This package imports its heavy parts only when ``run`` is called.
 """

@@ -14,7 +14,9 @@ on stdout, one JSON object per line: ``hello`` (which loop really runs),
 ``ready``, ``start`` and ``result`` of each measured phase (raw samples: the
 orchestrator merges the rounds), ``cap`` (the pipe capacity granted), ``done``
 after each block, and ``error`` (why it is about to exit) if it fails. The peer
-needs no go-ahead: it is always blocked on the driver's next message.
+needs no go-ahead: it is always blocked on the driver's next message. The lock
+rows use the second pipe too: the peer starts waiting for a lock only once the
+driver holds its two (see ``_LockHandOffs``).
 
 The msgs/s phase reuses the throughput code: ``n`` messages of ``size`` bytes
 are a transfer of ``n * size`` bytes in ``size``-byte sends. Only the peer
@@ -407,6 +409,127 @@ class _AnyioSignals:
         return None
 
 
+class _LockHandOffs:
+    """A lock passed back and forth between the two processes: one hand-off is
+    ``release()`` in one process to the return of the other's waiting
+    ``acquire()``.
+
+    Two processes cannot pass one lock back and forth: flock grants a lock to
+    whoever asks first once it is free, so the process that released it could
+    take it back before the waiter's thread runs. Three locks take turns
+    instead. Hand-off ``k`` releases lock ``k % 3``, on which the other process
+    waits; the driver makes the even hand-offs, the peer the odd ones. The
+    driver starts holding locks 0 and 2, the peer lock 1 (taken before the
+    handshake, which the peer finishes only once the driver holds its two), so
+    each process waits for a lock the other holds, and never for the one it
+    has just released.
+
+    Each sample is half a round trip of the driver (``perf_counter_ns``):
+    release, the peer's acquire, the peer's release, the driver's acquire.
+    ``acquire[i]`` / ``release[i]`` act on lock ``i``; ``release`` of
+    filelock's lock is a coroutine, aipc's a plain call.
+    """
+
+    def __init__(
+        self,
+        acquire: list[Callable[[], Awaitable[object]]],
+        release: list[Callable[[], object]],
+        *,
+        release_awaits: bool,
+        driver: bool,
+    ) -> None:
+        self.acquire = acquire
+        self.release = release
+        self.release_awaits = release_awaits
+        self.next = 0  # the driver releases lock next, the peer acquires it
+        self.held = {0, 2} if driver else {1}
+
+    async def _give(self, i: int) -> None:
+        self.held.discard(i)
+        result = self.release[i]()
+        if self.release_awaits:
+            await result  # type: ignore[misc]
+
+    async def _take(self, i: int) -> None:
+        await self.acquire[i]()
+        self.held.add(i)
+
+    async def rtt(self, warmup: int, n: int) -> list[int]:
+        clock, i = time.perf_counter_ns, self.next
+        give, take = self._give, self._take
+        out: list[int] = []
+        for _ in range(warmup + n):
+            t0 = clock()
+            await give(i)
+            await take((i + 1) % 3)
+            out.append((clock() - t0) // 2)
+            i = (i + 2) % 3
+        self.next = i
+        return out[warmup:]
+
+    async def echo(self, count: int) -> None:
+        j, give, take = self.next, self._give, self._take
+        for _ in range(count):
+            await take(j)
+            await give((j + 1) % 3)
+            j = (j + 2) % 3
+        self.next = j
+
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        raise NotImplementedError
+
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None:
+        raise NotImplementedError
+
+    def set_capacity(self, size: int) -> int:
+        raise NotImplementedError
+
+    def capacity(self) -> int | None:
+        return None
+
+
+class _SemaphoreHandOffs:
+    """Two POSIX named semaphores of initial value 0: ``release()`` on one,
+    the other process's waiting ``acquire()`` returns; it releases the second,
+    on which the first waits. Each sample is half a round trip."""
+
+    def __init__(self, out: Any, into: Any) -> None:
+        self.out = out
+        self.into = into
+
+    async def rtt(self, warmup: int, n: int) -> list[int]:
+        give, take, clock = self.out.release, self.into.acquire, time.perf_counter_ns
+        out: list[int] = []
+        for _ in range(warmup + n):
+            t0 = clock()
+            give()
+            await take()
+            out.append((clock() - t0) // 2)
+        return out[warmup:]
+
+    async def echo(self, count: int) -> None:
+        give, take = self.out.release, self.into.acquire
+        for _ in range(count):
+            await take()
+            give()
+
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        raise NotImplementedError
+
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None:
+        raise NotImplementedError
+
+    def set_capacity(self, size: int) -> int:
+        raise NotImplementedError
+
+    def capacity(self) -> int | None:
+        return None
+
+
 class _RawFds:
     """Blocking ``os.read`` / ``os.write`` on two pipes: the floor."""
 
@@ -682,6 +805,86 @@ async def _aipc_main(ctx: _Ctx) -> None:
         await _walk_async(ctx, transport)
 
 
+async def _aipc_mqueue_main(ctx: _Ctx) -> None:
+    """Two POSIX message queues made by the orchestrator: ``tx`` and ``rx`` are
+    their names. One message per receive: the transport's ``max_bytes`` goes
+    unused."""
+    import aipc
+
+    ctx.hello(_running_loop_name())
+    rx = await aipc.open_message_queue(ctx.rx, write=False)
+    try:
+        tx = await aipc.open_message_queue(ctx.tx, read=False)
+    except BaseException:
+        await rx.aclose()
+        raise
+    async with rx, tx:
+        receive_message = rx.receive
+
+        async def receive(_: int) -> bytes:
+            return await receive_message()
+
+        await _walk_async(ctx, _AsyncStreams(tx.send, receive, None))
+
+
+async def _aipc_semaphore_main(ctx: _Ctx) -> None:
+    import aipc
+
+    ctx.hello(_running_loop_name())
+    into = aipc.attach_posix_semaphore(ctx.rx)
+    try:
+        out = aipc.attach_posix_semaphore(ctx.tx)
+    except BaseException:
+        await into.aclose()
+        raise
+    try:
+        await _walk_async(ctx, _SemaphoreHandOffs(out, into))
+    finally:
+        await out.aclose()
+        await into.aclose()
+
+
+async def _aipc_lock_main(ctx: _Ctx) -> None:
+    import aipc
+
+    ctx.hello(_running_loop_name())
+    locks = [aipc.FileLock(path, create=False) for path in ctx.spec["locks"]]
+    try:
+        t = _LockHandOffs(
+            [lock.acquire for lock in locks],
+            [lock.release for lock in locks],
+            release_awaits=False,
+            driver=ctx.driver,
+        )
+        for i in sorted(t.held):  # before the handshake: see _LockHandOffs
+            locks[i].acquire_nowait()
+        await _walk_async(ctx, t)
+    finally:
+        for lock in locks:
+            await lock.aclose()  # releases a lock still held
+
+
+async def _filelock_main(ctx: _Ctx) -> None:
+    from filelock import AsyncFileLock
+
+    ctx.hello(_running_loop_name())
+    # filelock's defaults: a waiter tries again every 50 ms
+    locks = [AsyncFileLock(path) for path in ctx.spec["locks"]]
+    t = _LockHandOffs(
+        [lock.acquire for lock in locks],
+        [lock.release for lock in locks],
+        release_awaits=True,
+        driver=ctx.driver,
+    )
+    try:
+        for i in sorted(t.held):  # before the handshake: see _LockHandOffs
+            await locks[i].acquire(blocking=False)
+        await _walk_async(ctx, t)
+    finally:
+        for i in t.held:
+            await locks[i].release(force=True)
+
+
 def _signal_numbers(ctx: _Ctx) -> tuple[int, int]:
     """(the signal this process sends, the one it receives)."""
     to_peer, to_driver = _SIGNALS[ctx.spec["family"]]
@@ -816,6 +1019,14 @@ def _run(ctx: _Ctx) -> None:
         _anyio_run(_aipc_signal_main, ctx, loop)
     elif family == "anyio-signal":
         _anyio_run(_anyio_signal_main, ctx, loop)
+    elif family == "mqueue":
+        _anyio_run(_aipc_mqueue_main, ctx, loop)
+    elif family == "lock":
+        _anyio_run(_aipc_lock_main, ctx, loop)
+    elif family == "semaphore":
+        _anyio_run(_aipc_semaphore_main, ctx, loop)
+    elif family == "filelock":
+        _anyio_run(_filelock_main, ctx, loop)
     elif family == "asyncio":
         factory = _uvloop_factory() if loop == "uvloop" else None
         with asyncio.Runner(loop_factory=factory) as runner:

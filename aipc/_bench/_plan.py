@@ -18,7 +18,8 @@ driver starts each block when the orchestrator says so:
   peer of a byte stream counts bytes, reading up to ``read`` at a time, since a
   byte stream keeps no message boundaries;
 - ``rtt``: round trips of 8-byte messages (the peer echoes them); on the
-  signal rows, one signal each way.
+  signal rows, one signal each way; on the hand-off rows (locks, semaphores)
+  one hand-off each way, reported per hand-off (half a round trip).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 __all__ = [
     "BACKENDS",
     "CHUNKS",
+    "NO_REFERENCE",
     "DEFAULT_CAPACITY",
     "MECHANISMS",
     "MSG_SIZE",
@@ -64,6 +66,9 @@ DEFAULT_CAPACITY = 64 * KIB
 #: The capacity of the "(1 MiB capacity)" rows (Linux's default fs.pipe-max-size).
 RAISED_CAPACITY = MIB
 
+#: A ``Mechanism.reference`` that means: no ratio column for this row.
+NO_REFERENCE = "-"
+
 #: The peer each aipc backend is compared with: the same loop's own pipe streams
 #: (unless the mechanism names its own ``reference``).
 REFERENCE_PEER = {
@@ -84,9 +89,14 @@ class Mechanism:
     the msgs/s column, ``capacity`` the "(1 MiB capacity)" rows; ``requires``
     names the modules a peer needs (skipped without them). ``reference`` is the
     key of the peer an aipc row's ratios compare with, on the same backend
-    (by default the loop's own pipe streams, ``REFERENCE_PEER``).
-    ``round_every`` > 1 measures the row in every k-th round only (the first,
-    then every k-th): fewer samples, still spread over the whole run.
+    (by default the loop's own pipe streams, ``REFERENCE_PEER``;
+    ``NO_REFERENCE``: none). ``round_every`` > 1 measures the row in every
+    k-th round only (the first, then every k-th): fewer samples, still spread
+    over the whole run. ``divisor`` > 1 divides the iteration counts of its
+    rtt phases (round trips and warm-up) and msgs/s phases (messages) by that
+    much: for rows that are slow by design, or that would stretch the default
+    run. ``handoff`` marks the rows whose rtt samples are one hand-off
+    (half a round trip) rather than a round trip.
     """
 
     key: str
@@ -103,6 +113,8 @@ class Mechanism:
     note: str = ""
     reference: str = ""
     round_every: int = 1
+    divisor: int = 1
+    handoff: bool = False
 
 
 MECHANISMS: tuple[Mechanism, ...] = (
@@ -165,6 +177,56 @@ MECHANISMS: tuple[Mechanism, ...] = (
         note="send_signal(pid, SIGRTMIN+1, i) / await receive() ping-pong, "
         "SIGRTMIN+2 back with the same value (checked); no msgs/s: a signal "
         "carries a 4-byte value, not a 64-byte message",
+    ),
+    Mechanism(
+        "mqueue",
+        "aipc POSIX mqueue",
+        "mqueue",
+        aipc=True,
+        loop=None,
+        throughput=False,
+        msgs=True,
+        capacity=False,
+        reference="pipe",
+        round_every=2,
+        divisor=2,
+        note="await send() / await receive() on two POSIX message queues, one "
+        "each way (created by the orchestrator, 10 messages of up to 64 bytes, "
+        "unlinked at the end); one message per receive; ratio: ÷ aipc pipe on "
+        "the same backend and placement",
+    ),
+    Mechanism(
+        "lock",
+        "aipc FileLock hand-off",
+        "lock",
+        aipc=True,
+        loop=None,
+        throughput=False,
+        msgs=False,
+        capacity=False,
+        reference="filelock",
+        round_every=2,
+        divisor=2,
+        handoff=True,
+        note="release() in one process to the return of the other's waiting "
+        "acquire(), half a ping-pong over three flock locks; ratio: ÷ filelock "
+        "(asyncio only)",
+    ),
+    Mechanism(
+        "semaphore",
+        "aipc POSIX semaphore hand-off",
+        "semaphore",
+        aipc=True,
+        loop=None,
+        throughput=False,
+        msgs=False,
+        capacity=False,
+        reference=NO_REFERENCE,
+        round_every=2,
+        divisor=2,
+        handoff=True,
+        note="release() in one process to the return of the other's waiting "
+        "acquire(), half a ping-pong over two named semaphores (initial value 0)",
     ),
     Mechanism(
         "raw",
@@ -271,6 +333,22 @@ MECHANISMS: tuple[Mechanism, ...] = (
         note="os.kill + anyio.open_signal_receiver ping-pong (SIGUSR1 to the peer, "
         "SIGUSR2 back), on the backend(s) of the aipc rows",
     ),
+    Mechanism(
+        "filelock",
+        "filelock AsyncFileLock hand-off",
+        "filelock",
+        aipc=False,
+        loop="asyncio",
+        throughput=False,
+        msgs=False,
+        capacity=False,
+        requires=("filelock",),
+        round_every=3,
+        divisor=100,
+        handoff=True,
+        note="the lock hand-off of aipc FileLock with filelock.AsyncFileLock and "
+        "its defaults (a waiter polls every 50 ms)",
+    ),
 )
 
 MECHANISM_KEYS = tuple(m.key for m in MECHANISMS)
@@ -350,7 +428,7 @@ class PhaseInfo:
 
     def describe(self) -> str:
         if self.metric == "rtt":
-            what = "rtt"
+            what = "hand-off" if self.mechanism.handoff else "rtt"
         elif self.metric == "msgs":
             what = f"{MSG_SIZE}-byte msgs/s"
         else:
@@ -438,7 +516,7 @@ def build_blocks(
             if mech.throughput:
                 throughput("")
             if mech.msgs:
-                n = config.msgs_count
+                n = max(1, config.msgs_count // mech.divisor)
                 msgs = {
                     "op": "msgs",
                     "size": MSG_SIZE,
@@ -448,7 +526,11 @@ def build_blocks(
                     "read": MSG_READ,
                 }
                 measured(msgs, "", "msgs")
-            rtt = {"op": "rtt", "warmup": config.rtt_warmup, "n": config.rtt_count}
+            rtt = {
+                "op": "rtt",
+                "warmup": max(1, config.rtt_warmup // mech.divisor),
+                "n": max(1, config.rtt_count // mech.divisor),
+            }
             measured(rtt, "", "rtt")
             if mech.capacity:
                 block.append({"op": "cap", "size": RAISED_CAPACITY})

@@ -18,6 +18,7 @@ from ._plan import (
     KIB,
     MECHANISMS,
     MSG_SIZE,
+    NO_REFERENCE,
     RAISED_CAPACITY,
     Config,
     Placement,
@@ -109,7 +110,7 @@ def build_rows(
         # a mechanism may name its own peer (aipc signal: anyio's receiver on
         # the same backend); the others compare with the loop's pipe streams
         peer = _BY_KEY[row.mechanism].reference or reference.get(row.backend)
-        if not row.aipc or peer is None:
+        if not row.aipc or peer is None or peer == NO_REFERENCE:
             continue
         ref = rows.get((peer, row.variant, row.backend, row.placement))
         if ref is None:
@@ -313,7 +314,10 @@ def format_table(
     out += [
         "",
         "rtt: 8-byte ping-pong (driver sends, peer echoes), per round trip; "
-        "signal rows: one signal each way.",
+        "signal rows: one signal each way;",
+        "  hand-off rows (locks, semaphore): release() in one process to the "
+        "other's waiting acquire() returning,",
+        "  half of a ping-pong's round trip.",
         "GB/s: one-way, 10^9 bytes/s, chunks of 64 KiB / 1 MiB, timed from the "
         "first send to the peer's acknowledgement",
         "  (median of repetitions).",
@@ -321,15 +325,17 @@ def format_table(
         "same way. Byte streams (aipc, pipes,",
         "  asyncio, trio) keep no message boundaries: their peer counts bytes, "
         "reading whatever has arrived;",
-        "  multiprocessing, faster_fifo and pyzmq deliver one message per "
-        "receive call.",
+        "  aipc POSIX mqueue, multiprocessing, faster_fifo and pyzmq deliver "
+        "one message per receive call.",
         f"Each row: {machine['rounds']} round(s) per placement, interleaved with the "
         "other rows' rounds; statistics over all of them.",
         "vs loop peer: aipc ÷ the same loop's own pipe streams in the same "
         "placement (asyncio pipe streams for",
         "  asyncio, uvloop pipe streams for uvloop, trio FdStream for trio); "
         "rtt: < 1 is faster, GB/s, msgs/s: > 1 is faster.",
-        "  aipc signal ÷ anyio signal receiver on the same backend and placement.",
+        "  aipc signal ÷ anyio signal receiver, aipc POSIX mqueue ÷ aipc pipe, "
+        "aipc FileLock ÷ filelock (asyncio),",
+        "  each on the same backend and placement; the semaphore row has no ratio.",
         f"(1 MiB capacity): F_SETPIPE_SZ {RAISED_CAPACITY} on the data pipe; "
         "other pipe rows use the default 64 KiB.",
         "CPUs (driver, peer): "
@@ -346,6 +352,8 @@ def format_table(
             if m.round_every > 1 and machine["rounds"] > 1:
                 measured = len(range(0, machine["rounds"], m.round_every))
                 note += f"; measured in {measured} of the {machine['rounds']} rounds"
+            if m.divisor > 1:
+                note += f", 1/{m.divisor} of the iterations per round"
             out.append(f"{m.label}: {note}")
     if notes:
         out.append("")
@@ -401,6 +409,7 @@ def machine_info(placements: list[Placement], rounds: int) -> dict[str, Any]:
                 "uvloop",
                 "pyzmq",
                 "faster-fifo",
+                "filelock",
             )
             if (v := _version(name)) is not None
         },

@@ -3,8 +3,10 @@ interleaves their measurement blocks, shows progress, cleans up, and hands the
 results to ``_report``.
 
 The orchestrator measures nothing itself. For every group it creates the kernel
-objects (pipes, eventfds, FIFOs in a private temporary directory, the queues of
-the queue peers; pyzmq's peer binds its socket file in that directory), starts the
+objects (pipes, eventfds, FIFOs and lock files in a private temporary
+directory, the queues of the queue peers, POSIX message queues and semaphores
+under names that carry its pid, unlinked when the group ends, failed or not;
+pyzmq's peer binds its socket file in that directory), starts the
 peer and the driver with ``subprocess.Popen(..., pass_fds=...)`` in sessions of
 their own (so that Ctrl-C reaches only this process, which then kills them) and
 closes its own copies of the descriptors (so that each side sees end of stream
@@ -39,6 +41,7 @@ from ._plan import (
     DISTRIBUTIONS,
     MECHANISM_KEYS,
     MECHANISMS,
+    MSG_SIZE,
     REFERENCE_PEER,
     Config,
     Mechanism,
@@ -247,7 +250,7 @@ class _Resources:
         for fn in reversed(removers):
             try:
                 fn()
-            except OSError:
+            except Exception:  # one failure must not keep the others
                 pass
 
 
@@ -281,10 +284,14 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
         a_w: int
         b_r: int
         b_w: int
-        if family in ("signal", "anyio-signal"):
-            # No data channel: signals go to a pid. The driver learns the
-            # peer's pid in the handshake; this pipe takes the driver's pid to
-            # the peer, which answers every signal by signalling it back.
+        if family in ("signal", "anyio-signal", "lock", "filelock"):
+            # The handshake goes both ways. Signal rows: no data channel,
+            # signals go to a pid; the driver learns the peer's pid in the
+            # handshake, and this pipe takes the driver's pid to the peer,
+            # which answers every signal by signalling it back. Lock rows:
+            # the peer must not wait for a lock before the driver holds its
+            # two (see _child._Locks), and the driver writes on this pipe
+            # once it does.
             p_r, p_w = os.pipe()
             res.on_close(_os_fd_closer(p_r))
             res.on_close(_os_fd_closer(p_w))
@@ -292,6 +299,35 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
             res.peer.update(tx=None, rx=None, pid_fd=p_r)
             res.pass_driver.append(p_w)
             res.pass_peer.append(p_r)
+            if family in ("lock", "filelock"):
+                # three lock files in the private directory (removed with it)
+                paths = [os.path.join(tmp, f"{index}-lock{i}") for i in range(3)]
+                for path in paths:
+                    with open(path, "x"):
+                        pass
+                res.driver["locks"] = res.peer["locks"] = paths
+            return res
+        if family in ("mqueue", "semaphore"):
+            # named objects, one each way, with names no other run can have;
+            # the orchestrator's handles unlink them when the group ends,
+            # whether it succeeded or not
+            names = [f"/aipc-bench-{os.getpid()}-{index}-{d}" for d in ("ab", "ba")]
+            for name in names:
+                obj: aipc.MessageQueue | aipc.PosixSemaphore
+                if family == "mqueue":
+                    obj = aipc.create_message_queue(
+                        name,
+                        max_messages=_mqueue_depth(),
+                        max_message_size=MSG_SIZE,
+                        unlink_on_close=True,
+                    )
+                else:
+                    obj = aipc.create_posix_semaphore(
+                        name, initial_value=0, unlink_on_close=True
+                    )
+                res.on_remove(obj.close)
+            res.driver.update(tx=names[0], rx=names[1])
+            res.peer.update(tx=names[1], rx=names[0])
             return res
         if family == "fifo":
             ab = aipc.create_fifo(os.path.join(tmp, f"{index}-ab"))
@@ -362,6 +398,16 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
         res.remove()
         raise
     return res
+
+
+def _mqueue_depth() -> int:
+    """The depth of the mqueue row's queues: 10 (Linux's default
+    fs.mqueue.msg_max), or the sysctl's value if it is lower."""
+    try:
+        with open("/proc/sys/fs/mqueue/msg_max") as f:
+            return max(1, min(10, int(f.read())))
+    except (OSError, ValueError):
+        return 10
 
 
 def _make_queues(family: str) -> tuple[Any, Any]:
