@@ -26,6 +26,7 @@ import posix_ipc
 import sysv_ipc
 from anyio.abc import AsyncResource
 
+from ._core import _registry
 from ._core._bridge import run_interruptible
 from ._core._fd import checkpoint
 from ._sysv import check_int, check_key, check_mode, interrupted, translate_error
@@ -40,8 +41,8 @@ __all__ = [
     "create_sysv_semaphore",
 ]
 
-#: POSIX semaphore names live in /dev/shm as "sem.<name without the slash>"
-_SHM_DIR = "/dev/shm"
+#: a POSIX semaphore's file in /dev/shm is "sem.<name without the slash>"
+#: (see _registry.posix_semaphore_path), and must fit NAME_MAX
 _NAME_MAX = 255 - len("sem.") + 1  # the leading slash is not stored
 
 
@@ -269,8 +270,7 @@ def _check_posix_name(name: object) -> str:
     return name
 
 
-def _posix_path(name: str) -> str:
-    return os.path.join(_SHM_DIR, "sem." + name[1:])
+_posix_path = _registry.posix_semaphore_path
 
 
 def _posix_error(exc: Exception, name: str, *, creating: bool) -> Exception:
@@ -356,7 +356,8 @@ class PosixSemaphore(_BridgedSemaphore):
         to that semaphore. Returns True if it was removed.
 
         Processes that have it open keep using it; a later
-        ``create_posix_semaphore`` of the same name makes a new one. Raises
+        ``create_posix_semaphore`` of the same name makes a new one. Also
+        forgets the registry record. Raises
         ``anyio.ClosedResourceError`` once this handle is closed (while it is
         open, the semaphore it created cannot have been replaced by another
         with the same inode).
@@ -370,6 +371,13 @@ class PosixSemaphore(_BridgedSemaphore):
         if identity is None:
             return False
         self._identity = None
+        try:
+            return self._unlink_if(identity)
+        finally:
+            # a record of a newer semaphore under the name is not ours to drop
+            _registry.unregister("posix-semaphore", self._name, identity)
+
+    def _unlink_if(self, identity: tuple[int, int]) -> bool:
         try:
             st = os.lstat(_posix_path(self._name))
         except FileNotFoundError:
@@ -406,7 +414,9 @@ def create_posix_semaphore(
     ``name`` is "/" followed by up to 251 characters without "/". Returns an
     owned :class:`PosixSemaphore`; the name is removed only by
     :meth:`PosixSemaphore.unlink` or, with ``unlink_on_close=True``, when it
-    is closed. With ``exist_ok=True`` an existing semaphore of that name is
+    is closed. The creation is recorded in aipc's registry, so that
+    ``aipc clean`` can remove the name if this process dies without unlinking
+    it. With ``exist_ok=True`` an existing semaphore of that name is
     attached to instead (not owned, ``initial_value`` and ``mode`` unused).
 
     Raises:
@@ -441,6 +451,7 @@ def create_posix_semaphore(
             os.close(node)
         if not stat.S_ISREG(st.st_mode):  # pragma: no cover - /dev/shm tampered
             raise RuntimeError(f"{_posix_path(name)} is not a semaphore file")
+        _registry.register("posix-semaphore", name, st.st_dev, st.st_ino)
     except BaseException:
         posix_ipc.unlink_semaphore(name)
         sem.close()
@@ -565,15 +576,21 @@ class SysVSemaphore(_BridgedSemaphore):
         Returns True if it was removed.
 
         Processes waiting on it wake with ``anyio.BrokenResourceError``; so do
-        later calls on any handle. Works on a closed handle too.
+        later calls on any handle. Works on a closed handle too. Also forgets
+        the registry record.
         """
         if not self._owned:
             return False
         self._owned = False
+        identity = (self.key & 0xFFFFFFFF, self.id)
         try:
             self._trier.remove()
         except sysv_ipc.ExistentialError:
             return False
+        finally:
+            _registry.unregister(
+                "sysv-semaphore", _registry.sysv_name(self.key), identity
+            )
         return True
 
     def _before_close(self) -> None:
@@ -624,7 +641,9 @@ def create_sysv_semaphore(
     explicit ``key`` and ``exist_ok=True`` an existing semaphore is attached to
     instead (not owned; ``initial_value`` and ``mode`` unused). ``undo``: see
     :class:`SysVSemaphore`. The semaphore is removed only by
-    :meth:`SysVSemaphore.remove` or ``remove_on_close=True``.
+    :meth:`SysVSemaphore.remove` or ``remove_on_close=True``; the creation is
+    recorded in aipc's registry, so that ``aipc clean`` can remove it if this
+    process dies without removing it.
 
     Raises:
         FileExistsError: a semaphore with ``key`` exists and ``exist_ok`` is
@@ -657,6 +676,12 @@ def create_sysv_semaphore(
         raise translate_error(exc, key or 0, "semaphore", creating=True) from None
     try:
         waiter, trier = _second_handle(sem, undo)
+        _registry.register(
+            "sysv-semaphore",
+            _registry.sysv_name(sem.key),
+            sem.key & 0xFFFFFFFF,
+            sem.id,
+        )
     except BaseException:
         sem.remove()
         raise

@@ -25,6 +25,7 @@ import anyio.lowlevel
 import sysv_ipc
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from ._core import _registry
 from ._core._bridge import run_interruptible
 from ._core._errors import LimitExceededError
 from ._core._fd import checkpoint
@@ -415,15 +416,21 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
 
         Receivers, in every process, then get ``anyio.EndOfStream`` and
         senders ``anyio.BrokenResourceError``. Works on a closed handle too.
+        Also forgets the registry record.
         """
         if not self._owned:
             return False
         self._owned = False
         self._held.clear()
+        identity = (self.key & 0xFFFFFFFF, self.id)
         try:
             self._q.remove()
         except sysv_ipc.ExistentialError:
             return False
+        finally:
+            _registry.unregister(
+                "sysv-message-queue", _registry.sysv_name(self.key), identity
+            )
         return True
 
     async def aclose(self) -> None:
@@ -496,7 +503,9 @@ def create_sysv_message_queue(
     explicit ``key`` and ``exist_ok=True`` an existing queue is attached to
     instead (not owned). The queue holds up to ``kernel.msgmnb`` bytes of
     messages; it is removed only by :meth:`SysVMessageQueue.remove` or
-    ``remove_on_close=True``.
+    ``remove_on_close=True``. The creation is recorded in aipc's registry, so
+    that ``aipc clean`` can remove the queue if this process dies without
+    removing it.
 
     Raises:
         FileExistsError: a queue with ``key`` exists and ``exist_ok`` is False.
@@ -520,12 +529,19 @@ def create_sysv_message_queue(
     except sysv_ipc.Error as exc:
         raise translate_error(exc, key or 0, "message queue", creating=True) from None
     try:
-        return SysVMessageQueue(
+        handle = SysVMessageQueue(
             queue, msgmax, owned=True, remove_on_close=remove_on_close
+        )
+        _registry.register(
+            "sysv-message-queue",
+            _registry.sysv_name(queue.key),
+            queue.key & 0xFFFFFFFF,
+            queue.id,
         )
     except BaseException:
         queue.remove()
         raise
+    return handle
 
 
 def attach_sysv_message_queue(key: int) -> SysVMessageQueue:

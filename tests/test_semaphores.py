@@ -514,3 +514,190 @@ def test_attach_missing() -> None:
         aipc.attach_posix_semaphore("/aipc-test-never-created")
     with pytest.raises(ValueError, match="IPC_PRIVATE"):
         aipc.attach_sysv_semaphore(0)
+
+
+# --- the registry -------------------------------------------------------------
+
+
+def _records(kind: str, name: str) -> list[aipc.NamedObject]:
+    return [o for o in aipc.list_objects() if (o.kind, o.name) == (kind, name)]
+
+
+async def test_posix_creation_is_recorded_attaching_is_not(posix_sem_name: str) -> None:
+    sem = aipc.create_posix_semaphore(posix_sem_name)
+    try:
+        [record] = _records("posix-semaphore", posix_sem_name)
+        st = os.lstat(f"/dev/shm/sem.{posix_sem_name[1:]}")
+        assert (record.dev, record.inode) == (st.st_dev, st.st_ino)
+        assert (record.pid, record.owner_alive, record.exists()) == (
+            os.getpid(),
+            True,
+            True,
+        )
+        # attaching, by either road, records nothing and changes no record
+        other = aipc.create_posix_semaphore(posix_sem_name, exist_ok=True)
+        attached = aipc.attach_posix_semaphore(posix_sem_name)
+        await other.aclose()
+        await attached.aclose()
+        assert _records("posix-semaphore", posix_sem_name) == [record]
+        assert sem.unlink()
+        assert not _records("posix-semaphore", posix_sem_name)
+        assert not record.exists()
+    finally:
+        await sem.aclose()
+    # unlink_on_close forgets the record too
+    sem = aipc.create_posix_semaphore(posix_sem_name, unlink_on_close=True)
+    assert _records("posix-semaphore", posix_sem_name)
+    await sem.aclose()
+    assert not _records("posix-semaphore", posix_sem_name)
+
+
+async def test_posix_unlink_keeps_a_newer_semaphores_record(
+    posix_sem_name: str,
+) -> None:
+    import posix_ipc
+
+    sem = aipc.create_posix_semaphore(posix_sem_name)
+    try:
+        posix_ipc.unlink_semaphore(posix_sem_name)
+        newer = aipc.create_posix_semaphore(posix_sem_name, unlink_on_close=True)
+        try:
+            [record] = _records("posix-semaphore", posix_sem_name)
+            assert not sem.unlink()
+            assert _records("posix-semaphore", posix_sem_name) == [record]
+            assert record.exists()
+        finally:
+            await newer.aclose()
+        assert not _records("posix-semaphore", posix_sem_name)
+    finally:
+        await sem.aclose()
+
+
+async def test_sysv_creation_is_recorded_attaching_is_not(
+    sysv_key: Callable[[], int],
+) -> None:
+    key = sysv_key()
+    name = f"{key:#010x}"
+    sem = aipc.create_sysv_semaphore(key)
+    try:
+        [record] = _records("sysv-semaphore", name)
+        assert (record.dev, record.inode, record.pid) == (key, sem.id, os.getpid())
+        assert record.owner_alive
+        assert record.exists()
+        other = aipc.create_sysv_semaphore(key, exist_ok=True)
+        attached = aipc.attach_sysv_semaphore(key)
+        await other.aclose()
+        await attached.aclose()
+        assert _records("sysv-semaphore", name) == [record]
+        assert sem.remove()
+        assert not _records("sysv-semaphore", name)
+        assert not record.exists()
+    finally:
+        await sem.aclose()
+    # remove_on_close forgets the record too; so does a fresh key
+    sem = aipc.create_sysv_semaphore(remove_on_close=True)
+    assert [o.inode for o in _records("sysv-semaphore", f"{sem.key:#010x}")] == [sem.id]
+    await sem.aclose()
+    assert not _records("sysv-semaphore", f"{sem.key:#010x}")
+
+
+_CREATE_AND_EXIT = """
+import sys, aipc
+kind, ident = sys.argv[1:3]
+if kind == "posix":
+    sem = aipc.create_posix_semaphore(ident)
+else:
+    sem = aipc.create_sysv_semaphore(int(ident))
+sem.close()  # and exits without unlinking or removing: a crash, to aipc
+"""
+
+
+def _exists(kind: str, ident: str) -> bool:
+    try:
+        sem = (
+            aipc.attach_posix_semaphore(ident)
+            if kind == "posix"
+            else aipc.attach_sysv_semaphore(int(ident))
+        )
+    except FileNotFoundError:
+        return False
+    sem.close()
+    return True
+
+
+@pytest.mark.parametrize("kind", ["posix", "sysv"])
+async def test_clean_removes_a_dead_owners_semaphore_only(
+    kind: str, posix_sem_name: str, sysv_key: Callable[[], int]
+) -> None:
+    dead, live = (
+        (f"{posix_sem_name}-dead", f"{posix_sem_name}-live")
+        if kind == "posix"
+        else (str(sysv_key()), str(sysv_key()))
+    )
+    record_kind = f"{kind}-semaphore"
+
+    def record_name(ident: str) -> str:
+        return ident if kind == "posix" else f"{int(ident):#010x}"
+
+    async with child_process(_CREATE_AND_EXIT, args=[kind, dead]) as (proc, _):
+        with anyio.fail_after(10):
+            assert await proc.wait() == 0
+    mine = (
+        aipc.create_posix_semaphore(live)
+        if kind == "posix"
+        else aipc.create_sysv_semaphore(int(live))
+    )
+    try:
+        [record] = _records(record_kind, record_name(dead))
+        assert record.pid == proc.pid
+        assert not record.owner_alive
+        assert record.exists()
+        assert aipc.clean(dry_run=True) == [record]
+        assert _exists(kind, dead)
+        assert aipc.clean() == [record]
+        assert not _exists(kind, dead)
+        assert not _records(record_kind, record_name(dead))
+        # the live owner's semaphore and record are left alone
+        assert _exists(kind, live)
+        assert [o.pid for o in _records(record_kind, record_name(live))] == [
+            os.getpid()
+        ]
+    finally:
+        if isinstance(mine, aipc.PosixSemaphore):
+            assert mine.unlink()
+        else:
+            assert mine.remove()
+        await mine.aclose()
+
+
+@pytest.mark.parametrize("kind", ["posix", "sysv"])
+async def test_clean_spares_a_newer_semaphore_under_the_name(
+    kind: str, posix_sem_name: str, sysv_key: Callable[[], int]
+) -> None:
+    import posix_ipc
+
+    ident = posix_sem_name if kind == "posix" else str(sysv_key())
+    async with child_process(_CREATE_AND_EXIT, args=[kind, ident]) as (proc, _):
+        with anyio.fail_after(10):
+            assert await proc.wait() == 0
+    [record] = [o for o in aipc.list_objects() if o.pid == proc.pid]
+    # someone else's semaphore under the name or key now (a new inode or id)
+    newer: object
+    if kind == "posix":
+        posix_ipc.unlink_semaphore(ident)
+        newer = posix_ipc.Semaphore(ident, posix_ipc.O_CREX)
+    else:
+        sysv_ipc.remove_semaphore(record.inode)
+        newer = sysv_ipc.Semaphore(int(ident), sysv_ipc.IPC_CREX)
+    try:
+        assert not record.exists()
+        assert aipc.clean() == []
+        assert not aipc.list_objects()  # the stale record went
+        assert _exists(kind, ident)
+    finally:
+        if isinstance(newer, posix_ipc.Semaphore):
+            newer.unlink()
+            newer.close()
+        else:
+            assert isinstance(newer, sysv_ipc.Semaphore)
+            newer.remove()

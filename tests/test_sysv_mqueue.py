@@ -3,6 +3,7 @@ loses no message, other processes, errors."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -261,6 +262,97 @@ async def test_limits_and_bad_arguments(queue: aipc.SysVMessageQueue) -> None:
     with pytest.raises(TypeError, match="type must be an int, not str"):
         queue.send_nowait(b"x", type="1")  # type: ignore[arg-type]
     assert queue.current_messages == 0
+
+
+# ---- the registry ------------------------------------------------------------
+
+
+def _records(key: int) -> list[aipc.NamedObject]:
+    name = f"{key & 0xFFFFFFFF:#010x}"
+    return [
+        o
+        for o in aipc.list_objects()
+        if (o.kind, o.name) == ("sysv-message-queue", name)
+    ]
+
+
+def _exists(key: int) -> bool:
+    try:
+        sysv_ipc.MessageQueue(key)
+    except sysv_ipc.ExistentialError:
+        return False
+    return True
+
+
+async def test_creation_is_recorded_attaching_is_not(
+    sysv_key: Callable[[], int],
+) -> None:
+    key = sysv_key()
+    q = aipc.create_sysv_message_queue(key)
+    try:
+        [record] = _records(key)
+        assert (record.dev, record.inode, record.pid) == (key, q.id, os.getpid())
+        assert record.owner_alive
+        assert record.exists()
+        other = aipc.create_sysv_message_queue(key, exist_ok=True)
+        attached = aipc.attach_sysv_message_queue(key)
+        await other.aclose()
+        await attached.aclose()
+        assert _records(key) == [record]
+        await q.aclose()  # closing without remove_on_close keeps both
+        assert _records(key) == [record]
+    finally:
+        assert q.remove()
+    assert not _records(key)
+    assert not record.exists()
+    # remove_on_close forgets the record too, and so with a fresh (negative
+    # or positive) key
+    q = aipc.create_sysv_message_queue(remove_on_close=True)
+    assert [o.inode for o in _records(q.key)] == [q.id]
+    await q.aclose()
+    assert not _records(q.key)
+
+
+_CREATE_AND_EXIT = """
+import sys, aipc
+aipc.create_sysv_message_queue(int(sys.argv[1])).send_nowait(b"orphaned")
+# exits without removing the queue: a crash, to aipc
+"""
+
+
+async def test_clean_removes_a_dead_owners_queue_only(
+    sysv_key: Callable[[], int],
+) -> None:
+    dead, replaced = sysv_key(), sysv_key()
+    for key in (dead, replaced):
+        async with child_process(_CREATE_AND_EXIT, args=[str(key)]) as (proc, _):
+            with anyio.fail_after(10):
+                assert await proc.wait() == 0
+        [record] = _records(key)
+        assert record.pid == proc.pid
+        assert not record.owner_alive
+        assert record.exists()
+    # a newer queue under the second key (a new id): never removed
+    [stale] = _records(replaced)
+    sysv_ipc.remove_message_queue(stale.inode)
+    newer = sysv_ipc.MessageQueue(replaced, sysv_ipc.IPC_CREX)
+    mine = aipc.create_sysv_message_queue(sysv_key())
+    try:
+        [orphan] = _records(dead)
+        assert aipc.clean(dry_run=True) == [orphan]
+        assert _exists(dead)
+        assert aipc.clean() == [orphan]
+        assert not _exists(dead)
+        assert not _records(dead)
+        assert not _records(replaced)  # the stale record went, the queue stays
+        assert _exists(replaced)
+        # the live owner's queue and record are left alone
+        assert _exists(mine.key)
+        assert [o.pid for o in _records(mine.key)] == [os.getpid()]
+    finally:
+        newer.remove()
+        assert mine.remove()
+        await mine.aclose()
 
 
 @pytest.mark.parametrize(

@@ -4,16 +4,27 @@ something ``aipc objects`` can list and ``aipc clean`` can remove.
 Each record is a small JSON file in the state directory (``$AIPC_STATE_DIR``,
 else ``$XDG_RUNTIME_DIR/aipc``, else ``/tmp/aipc-<uid>``), created 0700 and
 refused if another user owns it or others can write to it. A record names the
-kind, the object's name, its identity (device and inode, so that a later object
-with the same name is never touched) and the owner (pid and the process start
-time, so that a recycled pid is not mistaken for the owner). Attaching to an
-object never writes a record: only its creator owns it.
+kind, the object's name, its identity (device and inode, or a SysV key and id,
+so that a later object with the same name is never touched) and the owner (pid
+and the process start time, so that a recycled pid is not mistaken for the
+owner). Attaching to an object never writes a record: only its creator owns it.
 
-Kinds: ``"fifo"`` (an absolute path) and ``"mqueue"`` (a POSIX message queue
-name such as ``"/jobs"``, in the IPC namespace of the process that looks). A
-message queue's identity is the device and inode of its descriptor
-(``fstat`` on the mq descriptor, which needs no ``/dev/mqueue`` mount); a
-later check opens the queue by name to compare.
+Kinds, and what ``name``, ``dev`` and ``inode`` hold for each:
+
+- ``"fifo"``: ``name`` the absolute path; ``dev``/``inode`` the node's.
+- ``"mqueue"``: ``name`` the POSIX message queue name (``"/jobs"``, in the IPC
+  namespace of the process that looks); ``dev``/``inode`` those of its
+  descriptor (``fstat`` on the mq descriptor, which needs no ``/dev/mqueue``
+  mount); a later check opens the queue by name to compare.
+- ``"posix-semaphore"``: ``name`` the semaphore name (``"/lock"``);
+  ``dev``/``inode`` those of its file, ``/dev/shm/sem.<name without the
+  slash>``, which a later check compares (``lstat``).
+- ``"sysv-semaphore"`` and ``"sysv-message-queue"``: ``name`` the key as 8 hex
+  digits (``"0x4a5b0001"``, the key taken as unsigned, as ``ipcs`` shows it);
+  ``dev`` the same key as an unsigned int and ``inode`` the kernel's id
+  (``semid`` / ``msqid``). A later object under the same key gets a new id, so
+  a check reads ``/proc/sysvipc/sem`` or ``/proc/sysvipc/msg`` (of the IPC
+  namespace of the process that looks) for both.
 """
 
 from __future__ import annotations
@@ -33,8 +44,11 @@ __all__ = [
     "clean",
     "list_objects",
     "mqueue_identity",
+    "posix_semaphore_path",
     "register",
     "state_dir",
+    "sysv_id",
+    "sysv_name",
     "unregister",
 ]
 
@@ -77,8 +91,11 @@ def _proc_start_time(pid: int) -> int | None:
 class NamedObject:
     """One registry record: a named kernel object aipc created.
 
-    Attributes: ``kind`` ("fifo", "mqueue"), ``name`` (path or name), ``dev`` and
-    ``inode`` (its identity when created), ``pid`` and ``pid_start`` (the owner).
+    Attributes: ``kind`` ("fifo", "mqueue", "posix-semaphore", "sysv-semaphore",
+    "sysv-message-queue"), ``name`` (path, name or hex key), ``dev`` and
+    ``inode`` (its identity when created: device and inode, or for the SysV
+    kinds the key and the id; see the module docstring), ``pid`` and
+    ``pid_start`` (the owner).
     """
 
     kind: str
@@ -153,13 +170,94 @@ def _remove_mqueue(obj: NamedObject) -> None:
         posix_ipc.unlink_message_queue(obj.name)
 
 
+#: POSIX named semaphores live in /dev/shm as "sem.<name without the slash>"
+_SHM_DIR = "/dev/shm"
+
+
+def posix_semaphore_path(name: str) -> str:
+    """The file in ``/dev/shm`` behind the POSIX named semaphore ``name``."""
+    return os.path.join(_SHM_DIR, "sem." + name[1:])
+
+
+def _posix_semaphore_identity(name: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(posix_semaphore_path(name))
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _probe_posix_semaphore(obj: NamedObject) -> bool:
+    return _posix_semaphore_identity(obj.name) == (obj.dev, obj.inode)
+
+
+def _remove_posix_semaphore(obj: NamedObject) -> None:
+    import posix_ipc
+
+    if _probe_posix_semaphore(obj):
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            posix_ipc.unlink_semaphore(obj.name)
+
+
+_SYSV_TABLES = {"sysv-semaphore": "sem", "sysv-message-queue": "msg"}
+
+
+def sysv_name(key: int) -> str:
+    """The record name of a SysV key: 8 hex digits of the key as unsigned."""
+    return f"{key & 0xFFFFFFFF:#010x}"
+
+
+def sysv_id(kind: str, key: int) -> int | None:
+    """The id of the SysV object of ``kind`` ("sysv-semaphore",
+    "sysv-message-queue") with ``key`` in this IPC namespace, or None.
+
+    Reads ``/proc/sysvipc`` (which lists every object of the namespace, not
+    only those this user may open), so it changes nothing in the object.
+    """
+    key &= 0xFFFFFFFF
+    with open(f"/proc/sysvipc/{_SYSV_TABLES[kind]}") as f:
+        next(f, None)  # header
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 2 and int(fields[0]) & 0xFFFFFFFF == key:
+                return int(fields[1])
+    return None
+
+
+def _probe_sysv(obj: NamedObject) -> bool:
+    try:
+        return sysv_id(obj.kind, obj.dev) == obj.inode
+    except OSError:  # pragma: no cover - no /proc/sysvipc (no SysV IPC)
+        return False
+
+
+def _remove_sysv(obj: NamedObject) -> None:
+    import sysv_ipc
+
+    if not _probe_sysv(obj):
+        return
+    remove = (
+        sysv_ipc.remove_semaphore
+        if obj.kind == "sysv-semaphore"
+        else sysv_ipc.remove_message_queue
+    )
+    with contextlib.suppress(sysv_ipc.ExistentialError):
+        remove(obj.inode)
+
+
 _PROBES: dict[str, Callable[[NamedObject], bool]] = {
     "fifo": _probe_path,
     "mqueue": _probe_mqueue,
+    "posix-semaphore": _probe_posix_semaphore,
+    "sysv-semaphore": _probe_sysv,
+    "sysv-message-queue": _probe_sysv,
 }
 _REMOVERS: dict[str, Callable[[NamedObject], None]] = {
     "fifo": _remove_path,
     "mqueue": _remove_mqueue,
+    "posix-semaphore": _remove_posix_semaphore,
+    "sysv-semaphore": _remove_sysv,
+    "sysv-message-queue": _remove_sysv,
 }
 
 
@@ -187,10 +285,28 @@ def register(kind: str, name: str, dev: int, inode: int) -> None:
     os.replace(tmp, path)
 
 
-def unregister(kind: str, name: str) -> None:
-    """Forget the record for ``name`` (after the object was removed)."""
+def unregister(kind: str, name: str, identity: tuple[int, int] | None = None) -> None:
+    """Forget the record for ``name`` (after the object was removed).
+
+    With ``identity`` (``dev``, ``inode``), only a record of that very object
+    goes: a record a newer object under the same name left is kept.
+    """
+    path = _record_path(kind, name)
+    if identity is not None:
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            record = None  # unreadable: not a record of anything, drop it
+        if (
+            isinstance(record, dict)
+            and (record.get("dev"), record.get("inode")) != identity
+        ):
+            return
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_record_path(kind, name))
+        os.unlink(path)
 
 
 def list_objects() -> list[NamedObject]:
