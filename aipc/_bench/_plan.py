@@ -206,7 +206,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         capacity=False,
         reference="filelock",
         round_every=2,
-        divisor=2,
+        divisor=4,
         handoff=True,
         note="release() in one process to the return of the other's waiting "
         "acquire(), half a ping-pong over three flock locks; ratio: ÷ filelock "
@@ -223,7 +223,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         capacity=False,
         reference=NO_REFERENCE,
         round_every=2,
-        divisor=2,
+        divisor=4,
         handoff=True,
         note="release() in one process to the return of the other's waiting "
         "acquire(), half a ping-pong over two named semaphores (initial value 0)",
