@@ -390,7 +390,7 @@ class FdHandle:
             self._fd = -1
             if not sys.is_finalizing():
                 _warn(
-                    f"unclosed {self.what} fd={fd}; close it or use 'async with'",
+                    f"unclosed {self.what} fd={fd}; close it with aclose() or close()",
                     ResourceWarning,
                     stacklevel=2,
                     source=self,
