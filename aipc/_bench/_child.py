@@ -275,7 +275,25 @@ class _AsyncStreams:
         return None if self.tx_fd is None else _pipe_capacity(self.tx_fd)
 
 
-class _AipcEventFds:
+class _RoundTripsOnly:
+    """A transport with round trips only: no throughput phases, no capacity."""
+
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        raise NotImplementedError
+
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None:
+        raise NotImplementedError
+
+    def set_capacity(self, size: int) -> int:
+        raise NotImplementedError
+
+    def capacity(self) -> int | None:
+        return None
+
+
+class _AipcEventFds(_RoundTripsOnly):
     """Two aipc EventFds: ``set(1)`` on one, ``await wait()`` on the other."""
 
     def __init__(self, out: Any, into: Any) -> None:
@@ -298,22 +316,8 @@ class _AipcEventFds:
             await wait()
             set_(1)
 
-    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
-        raise NotImplementedError
 
-    async def sink(
-        self, chunk: int, total: int, warm: int, reps: int, read: int
-    ) -> None:
-        raise NotImplementedError
-
-    def set_capacity(self, size: int) -> int:
-        raise NotImplementedError
-
-    def capacity(self) -> int | None:
-        return None
-
-
-class _AipcSignals:
+class _AipcSignals(_RoundTripsOnly):
     """``aipc.send_signal(pid, sig, i)`` one way, ``await receive()`` the other.
 
     The peer answers with the value it received; the driver checks it.
@@ -350,22 +354,8 @@ class _AipcSignals:
             info = await receive()
             send(pid, sig, info.value)
 
-    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
-        raise NotImplementedError
 
-    async def sink(
-        self, chunk: int, total: int, warm: int, reps: int, read: int
-    ) -> None:
-        raise NotImplementedError
-
-    def set_capacity(self, size: int) -> int:
-        raise NotImplementedError
-
-    def capacity(self) -> int | None:
-        return None
-
-
-class _AnyioSignals:
+class _AnyioSignals(_RoundTripsOnly):
     """``os.kill(pid, sig)`` one way, the next signal of an anyio receiver the
     other (standard signals without a payload: nothing to check)."""
 
@@ -394,22 +384,8 @@ class _AnyioSignals:
             await receive()
             kill(pid, sig)
 
-    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
-        raise NotImplementedError
 
-    async def sink(
-        self, chunk: int, total: int, warm: int, reps: int, read: int
-    ) -> None:
-        raise NotImplementedError
-
-    def set_capacity(self, size: int) -> int:
-        raise NotImplementedError
-
-    def capacity(self) -> int | None:
-        return None
-
-
-class _LockHandOffs:
+class _LockHandOffs(_RoundTripsOnly):
     """A lock passed back and forth between the two processes: one hand-off is
     ``release()`` in one process to the return of the other's waiting
     ``acquire()``.
@@ -475,22 +451,8 @@ class _LockHandOffs:
             j = (j + 2) % 3
         self.next = j
 
-    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
-        raise NotImplementedError
 
-    async def sink(
-        self, chunk: int, total: int, warm: int, reps: int, read: int
-    ) -> None:
-        raise NotImplementedError
-
-    def set_capacity(self, size: int) -> int:
-        raise NotImplementedError
-
-    def capacity(self) -> int | None:
-        return None
-
-
-class _SemaphoreHandOffs:
+class _SemaphoreHandOffs(_RoundTripsOnly):
     """Two POSIX named semaphores of initial value 0: ``release()`` on one,
     the other process's waiting ``acquire()`` returns; it releases the second,
     on which the first waits. Each sample is half a round trip."""
@@ -514,20 +476,6 @@ class _SemaphoreHandOffs:
         for _ in range(count):
             await take()
             give()
-
-    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
-        raise NotImplementedError
-
-    async def sink(
-        self, chunk: int, total: int, warm: int, reps: int, read: int
-    ) -> None:
-        raise NotImplementedError
-
-    def set_capacity(self, size: int) -> int:
-        raise NotImplementedError
-
-    def capacity(self) -> int | None:
-        return None
 
 
 class _RawFds:
