@@ -16,6 +16,7 @@ import stat
 from anyio.abc import AsyncResource
 
 from ._core import _registry
+from ._core._args import check_mode, fspath
 from ._core._bridge import open_interruptible
 from ._core._errors import AipcError
 from ._core._fd import FdHandle, checkpoint
@@ -48,17 +49,6 @@ class NotAFifoError(AipcError, ValueError):
         self.path = path
         self.kind = _KINDS.get(stat.S_IFMT(mode), "not a FIFO")
         super().__init__(f"{path!r} exists and is {self.kind}, not a FIFO")
-
-
-def _fspath(path: str | os.PathLike[str]) -> str:
-    p = os.fspath(path)
-    if not isinstance(p, str):
-        raise TypeError(
-            f"path must be a str or os.PathLike[str], not {type(p).__name__}"
-        )
-    if not p:
-        raise ValueError("path must not be empty")
-    return p
 
 
 def _check_fifo(path: str) -> None:
@@ -186,11 +176,8 @@ def create_fifo(
         NotAFifoError: ``path`` exists and is not a FIFO.
         ValueError: ``mode`` has bits outside 0o777.
     """
-    p = os.path.abspath(_fspath(path))
-    if not isinstance(mode, int) or isinstance(mode, bool):
-        raise TypeError(f"mode must be an int, not {type(mode).__name__}")
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be a permission mask within 0o777, got {mode!r}")
+    p = os.path.abspath(fspath(path))
+    check_mode(mode)
     try:
         os.mkfifo(p, 0o600 & mode)
     except FileExistsError:
@@ -300,7 +287,7 @@ async def open_fifo_receiver(
     (and so an end of stream), and another writer blocked in its own open may
     see a reader come and go.
     """
-    p = _fspath(path)
+    p = fspath(path)
     _check_fifo(p)
     if wait_for_writer:
         fd = await open_interruptible(
@@ -341,7 +328,7 @@ async def open_fifo_sender(path: str | os.PathLike[str]) -> FifoSendStream:
     opening the FIFO for reading for an instant: another writer blocked in its
     own open may see a reader come and go (and then ``BrokenResourceError``).
     """
-    p = _fspath(path)
+    p = fspath(path)
     _check_fifo(p)
     await checkpoint()
     try:

@@ -29,6 +29,7 @@ import anyio
 from anyio.abc import AsyncResource
 
 from ._core import _sys
+from ._core._args import check_int, check_mode, fspath
 from ._core._bridge import run_interruptible
 from ._core._fd import FdHandle, checkpoint
 
@@ -57,23 +58,6 @@ class LockStatistics:
     acquisitions: int
     waits: int
     cancelled_waits: int
-
-
-def _fspath(path: str | os.PathLike[str]) -> str:
-    p = os.fspath(path)
-    if not isinstance(p, str):
-        raise TypeError(
-            f"path must be a str or os.PathLike[str], not {type(p).__name__}"
-        )
-    if not p:
-        raise ValueError("path must not be empty")
-    return p
-
-
-def _check_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return value
 
 
 def _open(path: str, create: bool, mode: int) -> int:
@@ -130,12 +114,8 @@ class _FileLockBase(AsyncResource):
     def __init__(
         self, path: str | os.PathLike[str], *, create: bool = True, mode: int = 0o600
     ) -> None:
-        p = _fspath(path)
-        _check_int("mode", mode)
-        if not 0 <= mode <= 0o777:
-            raise ValueError(
-                f"mode must be a permission mask within 0o777, got {mode!r}"
-            )
+        p = fspath(path)
+        check_mode(mode)
         self._path = p
         self._held: str | None = None  # "shared" / "exclusive" while we hold it
         self._busy = False  # a task is in acquire()
@@ -445,8 +425,8 @@ class RangeLock(_FileLockBase):
         create: bool = True,
         mode: int = 0o600,
     ) -> None:
-        _check_int("start", start)
-        _check_int("length", length)
+        check_int("start", start)
+        check_int("length", length)
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
         if length < 0:

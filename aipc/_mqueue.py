@@ -42,6 +42,7 @@ import posix_ipc
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ._core import _registry
+from ._core._args import check_mode
 from ._core._errors import LimitExceededError
 from ._core._fd import FdHandle, checkpoint
 
@@ -831,10 +832,7 @@ def create_message_queue(
     _check_name(name)
     _check_count("max_messages", max_messages)
     _check_count("max_message_size", max_message_size)
-    if not isinstance(mode, int) or isinstance(mode, bool):
-        raise TypeError(f"mode must be an int, not {type(mode).__name__}")
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be a permission mask within 0o777, got {mode!r}")
+    check_mode(mode)
     _check_limits(max_messages, max_message_size)
     for _ in range(3):  # the name may come and go between create and open
         try:

@@ -11,23 +11,12 @@ import errno
 
 import sysv_ipc
 
+from ._core._args import check_int, check_mode
+
 __all__ = ["check_int", "check_key", "check_mode", "interrupted", "translate_error"]
 
 _KEY_MIN = -(2**31)
 _KEY_MAX = 2**31 - 1
-
-
-def check_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return value
-
-
-def check_mode(mode: object) -> int:
-    mode = check_int("mode", mode)
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be a permission mask within 0o777, got {mode!r}")
-    return mode
 
 
 def check_key(key: object) -> int:
