@@ -125,8 +125,15 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
 
     _counted = "received"
 
-    def __init__(self, handle: FdHandle) -> None:
+    def __init__(
+        self,
+        handle: FdHandle,
+        read: Callable[[int, int], bytes] = os.read,
+    ) -> None:
         super().__init__(handle)
+        # (fd, max_bytes) -> bytes: one non-blocking read; sockets pass a recv
+        # with MSG_DONTWAIT, which needs no O_NONBLOCK on a shared description
+        self._read = read
         self._receiving = False
         self._pending = b""
         self._expect_empty = False
@@ -173,6 +180,7 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
             # the wait ends on the next loop pass, which costs what the
             # checkpoint of the direct path would.
             wait = self._expect_empty
+            read = self._read
             yielded = False
             while True:
                 fd = handle.fd
@@ -185,10 +193,10 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
                         yielded = True
                         self._waits += 1
                         data = await handle.read_when_ready(
-                            partial(os.read, fd, max_bytes), self._keep
+                            partial(read, fd, max_bytes), self._keep
                         )
                     else:
-                        data = os.read(fd, max_bytes)
+                        data = read(fd, max_bytes)
                 except BlockingIOError:
                     wait = True
                     continue
@@ -222,8 +230,15 @@ class FdSendStream(_FdEnd, ByteSendStream):
 
     _counted = "sent"
 
-    def __init__(self, handle: FdHandle) -> None:
+    def __init__(
+        self,
+        handle: FdHandle,
+        write: Callable[[int, bytes | bytearray | memoryview], int] | None = None,
+    ) -> None:
         super().__init__(handle)
+        # (fd, data) -> count: one non-blocking write; None means os.write with
+        # the SIGPIPE guard. Sockets pass a send with MSG_DONTWAIT|MSG_NOSIGNAL.
+        self._write = write
         self._sending = False
         self._broken = False
 
@@ -261,13 +276,16 @@ class FdSendStream(_FdEnd, ByteSendStream):
             remaining = len(data)
             if not remaining:
                 return
-            guard = _sigpipe_would_kill()
+            write = self._write
+            guard = write is None and _sigpipe_would_kill()
             while True:
                 fd = handle.fd
                 if fd < 0:
                     raise anyio.ClosedResourceError
                 try:
-                    if guard:
+                    if write is not None:
+                        n = write(fd, data)
+                    elif guard:
                         n = _write_blocking_sigpipe(fd, data)
                     else:
                         n = os.write(fd, data)
