@@ -3,7 +3,8 @@
 ``signalfd``, raw ``sigaction`` save and restore, ``pidfd_send_signal`` with a
 ``siginfo_t`` (the stdlib only sends without one), ``pidfd_getfd``, the
 blocking bridge's interrupt handler, and one-attempt ``flock`` and OFD
-``fcntl`` locks that report ``EINTR`` (the stdlib's retry it). The
+``fcntl`` locks that report ``EINTR`` (the stdlib's retry it), and a one-attempt
+SysV ``msgrcv`` that can wait for a message without taking it. The
 pidfd calls are new enough (Linux 5.1+) to have one system call number on
 every architecture; ``rt_sigqueueinfo`` has not, so a payload to a pid goes
 through a short-lived pidfd instead.
@@ -28,6 +29,7 @@ __all__ = [
     "SI_USER",
     "flock",
     "install_interrupt_handler",
+    "msgrcv",
     "ofd_lock",
     "pidfd_getfd",
     "pidfd_send_signal",
@@ -301,3 +303,39 @@ def ofd_lock(fd: int, command: int, lock_type: int, start: int, length: int) -> 
         if err == errno.EACCES and command == fcntl.F_OFD_SETLK:
             err = errno.EAGAIN
         raise OSError(err, f"fcntl: {os.strerror(err)}")
+
+
+# SysV msgrcv. sysv_ipc's blocking receive always takes the message; the
+# blocking bridge needs a wait that takes nothing, which msgrcv gives with a
+# text size of 0 (see msgrcv below).
+
+_libc.msgrcv.restype = ctypes.c_ssize_t
+_libc.msgrcv.argtypes = [
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_long,
+    ctypes.c_int,
+]
+_LONG_SIZE = ctypes.sizeof(ctypes.c_long)
+
+
+def msgrcv(msqid: int, max_size: int, msgtyp: int, flags: int) -> tuple[bytes, int]:
+    """``msgrcv(2)``, one attempt: take a message of at most ``max_size`` bytes
+    that matches ``msgtyp`` and return its text and type.
+
+    Without ``MSG_NOERROR`` in ``flags``, a matching message longer than
+    ``max_size`` is *not taken*: it stays in the queue, in its place, and the
+    call fails with ``E2BIG``. So ``max_size=0`` without ``IPC_NOWAIT`` waits
+    until a matching message is there and leaves it (a message with no text
+    at all fits, and is taken). Errors are the ``OSError`` subclass of their
+    errno: ``InterruptedError`` on ``EINTR`` (never retried), ``ENOMSG`` with
+    ``IPC_NOWAIT`` and nothing matching, ``EIDRM`` / ``EINVAL`` once the queue
+    is removed, ``E2BIG`` as above.
+    """
+    buf = ctypes.create_string_buffer(_LONG_SIZE + max_size)
+    n = _libc.msgrcv(msqid, buf, max_size, msgtyp, flags)
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"msgrcv: {os.strerror(err)}")
+    return buf.raw[_LONG_SIZE : _LONG_SIZE + n], ctypes.c_long.from_buffer(buf).value
