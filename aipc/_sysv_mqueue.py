@@ -7,6 +7,14 @@ contract (:func:`aipc._core._bridge.run_interruptible`). Every operation first
 tries without blocking (``IPC_NOWAIT``) in the task itself, so a message that
 is already there is taken with no thread and no race.
 
+The worker thread of a receive never takes a message with text: it waits in
+``msgrcv`` with a text size of 0 and no ``MSG_NOERROR``, which the kernel
+answers, once a matching message is there, with ``E2BIG`` and the message
+left in the queue, in its place. The task then takes it with ``IPC_NOWAIT``,
+with no yield in between. A cancelled receive therefore leaves the queue as
+it was. Only a message without text fits in a size of 0 and is taken by the
+wait itself (see :meth:`SysVMessageQueue.receive_message`).
+
 Each message carries a *type*, a positive int chosen by the sender. A receive
 picks by type: 0 takes the oldest message, ``t > 0`` the oldest of type ``t``,
 ``t < 0`` the oldest of the lowest type that is at most ``-t`` (a priority
@@ -18,6 +26,7 @@ from __future__ import annotations
 import collections
 import errno
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -29,6 +38,7 @@ from ._core import _registry
 from ._core._bridge import run_interruptible
 from ._core._errors import LimitExceededError
 from ._core._fd import checkpoint
+from ._core._sys import msgrcv
 from ._sysv import check_int, check_key, check_mode, interrupted, translate_error
 
 __all__ = [
@@ -55,9 +65,12 @@ class SysVMessageQueueStatistics:
         sent: messages this handle queued (including a send cancelled at the
             instant it completed, see :meth:`SysVMessageQueue.send`).
         received: messages this handle returned.
-        waits: sends and receives that had to wait in a worker thread.
-        requeued: messages a cancelled receive had taken at the instant of the
-            cancellation and put back (see :meth:`SysVMessageQueue.receive`).
+        waits: waits in a worker thread (for room to send, or for a
+            message; a receive that lost the message it waited for to another
+            receiver waits again, and counts again).
+        requeued: empty messages (no text) a cancelled receive had taken at
+            the instant of the cancellation and put back; never a message with
+            text (see :meth:`SysVMessageQueue.receive_message`).
     """
 
     sent: int
@@ -107,6 +120,33 @@ def _gone(exc: BaseException) -> bool:
     )
 
 
+_Message = tuple[bytes, int]
+
+
+def _wait_for_message(msqid: int, wanted: int) -> _Message | None:
+    """Block (in a worker thread) until a message matching ``wanted`` is in the
+    queue; leave it there and return None. A message without text fits in the
+    size of 0 and is taken: it is returned.
+
+    The kernel checks the size under the queue's lock, at the moment it would
+    take the message (also when a sender hands a message straight to a waiting
+    receiver: a receiver too small for it gets ``E2BIG`` and the message is
+    queued or handed to the next receiver). ``MSG_COPY``, which copies without
+    taking, cannot wait (it needs ``IPC_NOWAIT``), so this is the only way to
+    wait for a message without taking it.
+    """
+    try:
+        return msgrcv(msqid, 0, wanted, 0)
+    except InterruptedError:
+        raise  # the bridge's interrupt, or a stray signal: it decides
+    except OSError as exc:
+        if exc.errno == errno.E2BIG:
+            return None  # a message with text is there, still in the queue
+        if exc.errno in (errno.EIDRM, errno.EINVAL):
+            raise _removed_on_receive() from None
+        raise
+
+
 class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
     """A System V message queue, as returned by
     :func:`create_sysv_message_queue` and :func:`attach_sysv_message_queue`.
@@ -136,9 +176,10 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
         self.remove_on_close = remove_on_close
         self._max_message_size = max_message_size
         self._queue_bytes = int(queue.max_size)
-        # messages a cancelled receive won and could not put back (the queue
-        # was full at that instant): served first, put back on close
-        self._held: collections.deque[tuple[bytes, int]] = collections.deque()
+        # empty messages a cancelled receive's wait took and could not put
+        # back (the queue was full at that instant): served first, put back on
+        # close
+        self._held: collections.deque[_Message] = collections.deque()
         self._closed = False
         self._closing = False
         self._inflight = 0
@@ -265,7 +306,8 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
         the message, unless the kernel queued it at the very instant of the
         cancellation: the kernel cannot take a message back, so then it stays
         queued (``statistics().sent`` counts it) and the cancellation
-        propagates all the same. Never half a message.
+        propagates all the same (``msgsnd`` cannot wait for room without
+        queueing the message). Never half a message.
         """
         self._check_open()
         mtype = _check_send_type(type)
@@ -323,9 +365,12 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
             raise _removed_on_receive() from None
         return bytes(data), int(mtype)
 
-    def _put_back(self, message: tuple[bytes, int]) -> None:
-        # the kernel has no "put back at the head": the message goes to the
-        # tail of the queue; see receive()'s docstring for what that means
+    def _put_back(self, message: _Message | None) -> None:
+        # the undo of a cancelled wait for a message: None, the wait took
+        # nothing; else an empty message it took. The kernel has no "put back
+        # at the head": it goes to the tail of the queue, see receive_message()
+        if message is None:
+            return
         self._requeued += 1
         try:
             self._q.send(message[0], block=False, type=message[1])
@@ -363,18 +408,20 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
         Raises ``anyio.EndOfStream`` if the queue was removed (also while
         waiting) and ``anyio.ClosedResourceError`` if this handle is closed.
 
-        **Cancellation:** no message is lost. A message that was already in
+        **Cancellation:** a cancelled receive took nothing, and the queue is
+        as it was: no message lost, none moved. A message that was already in
         the queue is taken in the task, before any cancellation can strike,
-        and returned. A receive waiting in the worker thread is interrupted
-        before it takes a message, unless a message arrived at the very
-        instant of the cancellation and the thread took it: then it is put
-        back, at the tail of the queue, since the kernel has no way to put it
-        back at the head. It keeps its type, but a message of a matching type
-        sent in the microseconds between the two moments now comes before it
-        (the only reordering possible; with one sender, or with senders that
-        wait for an answer, it cannot happen). If the queue was full at that
-        instant, this handle keeps the message and returns it to the next
-        matching receive, or puts it back on ``aclose()``.
+        and returned. A receive that has to wait waits in a worker thread that
+        never takes a message with text (the kernel reports it there and
+        leaves it in place); the task takes it once it runs again, with no
+        yield in between, so a cancellation lands either before (the message
+        stays, in its place) or after (it is returned). The one exception is
+        an *empty* message (no text), which the wait takes itself: if the
+        cancellation strikes at that very instant, it is put back at the tail
+        of the queue (the kernel has no way to put it back at the head), after
+        any matching message sent in between, and ``statistics().requeued``
+        counts it; if the queue is full then, this handle keeps it, returns it
+        to the next matching receive, or puts it back on ``aclose()``.
         """
         self._check_open()
         wanted = _check_filter(type)
@@ -384,21 +431,19 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
             self._received += 1
             await anyio.lowlevel.cancel_shielded_checkpoint()
             return message
-
-        def call() -> tuple[bytes, int]:
-            try:
-                data, mtype = self._q.receive(block=True, type=wanted)
-            except sysv_ipc.ExistentialError:
-                raise _removed_on_receive() from None
-            except sysv_ipc.Error as exc:
-                if interrupted(exc):
-                    raise InterruptedError from None
-                raise
-            return bytes(data), int(mtype)
-
-        message = await self._bridged(call, self._put_back)
-        self._received += 1
-        return message  # type: ignore[no-any-return]
+        msqid = self._q.id
+        while True:
+            message = await self._bridged(
+                partial(_wait_for_message, msqid, wanted), self._put_back
+            )
+            if message is None:
+                # a matching message is in the queue: take it, with no await
+                # between the wait's return and this (another receiver, here
+                # or in another process, may have been quicker: wait again)
+                message = self._try_receive(wanted)
+            if message is not None:
+                self._received += 1
+                return message
 
     async def receive(self, *, type: int = 0) -> bytes:
         """Same as :meth:`receive_message`, without the type (the anyio

@@ -3,9 +3,12 @@ loses no message, other processes, errors."""
 
 from __future__ import annotations
 
+import errno
 import os
+import random
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -13,6 +16,7 @@ import pytest
 import sysv_ipc
 
 import aipc
+from aipc._core import _sys
 from aipc._core._bridge import INTERRUPT_SIGNAL
 
 from ._helpers import child_process, read_line
@@ -111,12 +115,38 @@ async def test_a_stray_interrupt_does_not_end_the_wait(
     assert got == [b"still there"]
 
 
-async def test_cancel_racing_a_send_keeps_the_message_exactly_once(
+def test_a_zero_size_receive_leaves_a_message_with_text_in_place() -> None:
+    # What the waiting receive relies on, checked on the running kernel: a
+    # matching message longer than the size asked for (without MSG_NOERROR) is
+    # reported with E2BIG and left where it is; an empty message fits and is
+    # taken; the size-0 wait of a receive takes nothing else.
+    q = sysv_ipc.MessageQueue(None, sysv_ipc.IPC_CREX)
+    try:
+        q.send(b"first", type=3)
+        q.send(b"second", type=2)
+        nowait = 0o4000  # IPC_NOWAIT
+        for wanted in (0, 3, -3, -2):
+            with pytest.raises(OSError, match=os.strerror(errno.E2BIG)) as info:
+                _sys.msgrcv(q.id, 0, wanted, nowait)
+            assert info.value.errno == errno.E2BIG
+        with pytest.raises(OSError, match=os.strerror(errno.ENOMSG)) as info:
+            _sys.msgrcv(q.id, 0, 5, nowait)
+        assert info.value.errno == errno.ENOMSG
+        q.send(b"", type=4)
+        assert _sys.msgrcv(q.id, 0, 4, nowait) == (b"", 4)
+        assert q.current_messages == 2
+        assert q.receive() == (b"first", 3)
+        assert q.receive() == (b"second", 2)
+    finally:
+        q.remove()
+
+
+async def test_cancel_racing_a_send_keeps_the_message_in_place(
     queue: aipc.SysVMessageQueue,
 ) -> None:
     # send() and cancel together: the waiting receive either returned the
-    # message, or was interrupted before taking it, or took it and put it
-    # back. In every case the message exists exactly once, in order.
+    # message or left it in the queue, in its place: before a message sent
+    # after it, never behind it.
     for i in range(10):
         taken: list[bytes] = []
         scope = anyio.CancelScope()
@@ -134,9 +164,59 @@ async def test_cancel_racing_a_send_keeps_the_message_exactly_once(
                 queue.send_nowait(b"m%d" % i, type=7)
                 queue.send_nowait(b"later", type=8)
                 scope.cancel()
-        left = [queue.receive_nowait(type=7) for _ in range(queue.current_messages - 1)]
-        assert taken + left == [b"m%d" % i]
-        assert queue.receive_nowait() == b"later"
+        left = [queue.receive_nowait() for _ in range(queue.current_messages)]
+        assert taken + left == [b"m%d" % i, b"later"]
+    assert queue.statistics().requeued == 0
+
+
+@pytest.mark.parametrize("text", [True, False], ids=["text", "empty"])
+async def test_receives_cancelled_at_random_never_lose_or_reorder(
+    queue: aipc.SysVMessageQueue, text: bool
+) -> None:
+    # A sender thread (its own handle) sends a numbered sequence at a random
+    # pace, so that receives find it waiting, or arriving, or not there yet;
+    # the receives are cancelled after random delays. The receiver must see
+    # the exact sequence. Empty messages carry their number in their type, and
+    # are the one case a wait takes itself: if one was taken at the instant
+    # of a cancellation it went to the tail (requeued), so only their order
+    # may change then, never their number.
+    count = 1500
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    pauses = [rng.uniform(0, 200e-6) if rng.random() < 0.7 else 0 for _ in range(count)]
+    deadlines = [rng.uniform(0, 300e-6) for _ in range(4 * count)]
+    sender_q = sysv_ipc.MessageQueue(queue.key)
+
+    def send_all() -> None:
+        for i, pause in enumerate(pauses):
+            if text:
+                sender_q.send(b"%d" % i, type=1)
+            else:
+                sender_q.send(b"", type=i + 1)
+            if pause:
+                time.sleep(pause)  # the pace, not a synchronisation
+
+    got: list[int] = []
+    cancelled = 0
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, send_all)
+            while len(got) < count:
+                deadline = deadlines[(len(got) + cancelled) % len(deadlines)]
+                with anyio.move_on_after(deadline) as scope:
+                    data, mtype = await queue.receive_message()
+                    got.append(int(data) if text else mtype - 1)
+                cancelled += scope.cancelled_caught
+    stats = queue.statistics()
+    context = f"seed={seed} cancelled={cancelled} {stats}"
+    assert queue.current_messages == 0, context
+    assert sorted(got) == list(range(count)), context
+    if text or stats.requeued == 0:
+        assert got == list(range(count)), context
+    if text:
+        assert stats.requeued == 0, context
+    assert cancelled > 0, context
+    assert stats.waits > 0, context
 
 
 async def test_full_queue_back_pressure(queue: aipc.SysVMessageQueue) -> None:
