@@ -60,6 +60,12 @@ def _rebuild_eventfd(cls: Any, fds: tuple[int, ...], meta: Mapping[str, Any]) ->
     return cls.from_fd(fds[0], semaphore=bool(meta["semaphore"]))
 
 
+def _rebuild_message_socket(
+    cls: Any, fds: tuple[int, ...], meta: Mapping[str, Any]
+) -> Any:
+    return cls.from_fd(fds[0], max_size=int(meta["max_size"]))
+
+
 def _rebuild_process(cls: Any, fds: tuple[int, ...], meta: Mapping[str, Any]) -> Any:
     # the pid from the parent names the process even when it has been reaped
     # by now, and the pidfd's fdinfo says -1
@@ -72,6 +78,18 @@ _KINDS: dict[str, _Kind] = {
     "pipe-send": _Kind("._pipes", "PipeSendStream", 1, _rebuild_fd),
     "eventfd": _Kind("._eventfd", "EventFd", 1, _rebuild_eventfd),
     "process": _Kind("._process", "Process", 1, _rebuild_process),
+    "unix-stream": _Kind("._sockets", "UnixStream", 1, _rebuild_fd),
+    "unix-seqpacket": _Kind(
+        "._sockets", "UnixSeqpacketStream", 1, _rebuild_message_socket
+    ),
+    "unix-datagram": _Kind(
+        "._sockets", "UnixDatagramSocket", 1, _rebuild_message_socket
+    ),
+    "unix-datagram-connected": _Kind(
+        "._sockets", "ConnectedUnixDatagramSocket", 1, _rebuild_message_socket
+    ),
+    # the child gets the listening socket, never the path: it does not unlink
+    "unix-listener": _Kind("._sockets", "UnixListener", 1, _rebuild_fd),
 }
 
 

@@ -19,6 +19,10 @@ Kinds, and what ``name``, ``dev`` and ``inode`` hold for each:
 - ``"posix-semaphore"``: ``name`` the semaphore name (``"/lock"``);
   ``dev``/``inode`` those of its file, ``/dev/shm/sem.<name without the
   slash>``, which a later check compares (``lstat``).
+- ``"unix-socket"``: ``name`` the absolute path of a socket file;
+  ``dev``/``inode`` the file's. ``aipc clean`` removes it only if, besides
+  its owner being dead, nobody listens on it (a passed listening socket may
+  outlive its creator).
 - ``"sysv-semaphore"`` and ``"sysv-message-queue"``: ``name`` the key as 8 hex
   digits (``"0x4a5b0001"``, the key taken as unsigned, as ``ipcs`` shows it);
   ``dev`` the same key as an unsigned int and ``inode`` the kernel's id
@@ -30,6 +34,7 @@ Kinds, and what ``name``, ``dev`` and ``inode`` hold for each:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -49,6 +54,7 @@ __all__ = [
     "state_dir",
     "sysv_id",
     "sysv_name",
+    "unix_socket_is_live",
     "unregister",
 ]
 
@@ -133,6 +139,42 @@ def _probe_path(obj: NamedObject) -> bool:
 def _remove_path(obj: NamedObject) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(obj.name)
+
+
+def unix_socket_is_live(path: str) -> bool | None:
+    """Whether a socket is bound to the socket file at ``path``.
+
+    Probes with a non-blocking connect: refused means no socket is bound (a
+    stale file); accepted, a full backlog (EAGAIN) or a socket of another type
+    (EPROTOTYPE) mean a live one. ``None``: this process may not connect, so
+    it cannot tell. A live stream server sees a connection that closes at once.
+    """
+    import socket
+
+    probe = socket.socket(
+        socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    )
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except BlockingIOError:
+        return True
+    except PermissionError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EPROTOTYPE:
+            return True
+        raise
+    finally:
+        probe.close()
+    return True
+
+
+def _remove_unix_socket(obj: NamedObject) -> None:
+    if _probe_path(obj) and unix_socket_is_live(obj.name) is False:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(obj.name)
 
 
 def mqueue_identity(name: str) -> tuple[int, int] | None:
@@ -247,6 +289,7 @@ def _remove_sysv(obj: NamedObject) -> None:
 
 _PROBES: dict[str, Callable[[NamedObject], bool]] = {
     "fifo": _probe_path,
+    "unix-socket": _probe_path,
     "mqueue": _probe_mqueue,
     "posix-semaphore": _probe_posix_semaphore,
     "sysv-semaphore": _probe_sysv,
@@ -254,6 +297,7 @@ _PROBES: dict[str, Callable[[NamedObject], bool]] = {
 }
 _REMOVERS: dict[str, Callable[[NamedObject], None]] = {
     "fifo": _remove_path,
+    "unix-socket": _remove_unix_socket,
     "mqueue": _remove_mqueue,
     "posix-semaphore": _remove_posix_semaphore,
     "sysv-semaphore": _remove_sysv,
