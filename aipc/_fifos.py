@@ -20,7 +20,7 @@ from ._core._args import check_mode, fspath
 from ._core._bridge import open_interruptible
 from ._core._errors import AipcError
 from ._core._fd import FdHandle, checkpoint
-from ._pipes import PipeReceiveStream, PipeSendStream
+from ._pipes import PipeReceiveStream, PipeSendStream, _adopt
 
 __all__ = [
     "Fifo",
@@ -227,6 +227,29 @@ class FifoReceiveStream(PipeReceiveStream):
         """Whether this reader keeps reading across successive writers."""
         return self._keeper is not None
 
+    def _aipc_handoff_(self) -> tuple[str, tuple[int, ...], dict[str, object]]:
+        # the keeper is not passed: the other side opens its own (_from_handoff)
+        meta = {"path": self.path, "keep_open": self.keep_open}
+        return "fifo-receive", (self._handle.fileno(),), meta
+
+    @classmethod
+    def _from_handoff(cls, fd: int, path: str, keep_open: bool) -> FifoReceiveStream:
+        handle = FdHandle(_adopt(fd, True, "fifo"), "fifo")
+        keeper = None
+        if keep_open:
+            # a write end of the same FIFO, opened through the read end (the
+            # path may be gone); never ENXIO, since this reader exists
+            try:
+                keeper_fd = os.open(
+                    f"/proc/self/fd/{handle.fd}",
+                    os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC,
+                )
+            except BaseException:
+                handle.detach()
+                raise
+            keeper = FdHandle(keeper_fd, "fifo keeper")
+        return cls(handle, path, keeper)
+
     def _at_eof(self) -> bool:
         # read() returns 0 both before the first writer and after the last one
         # left; poll tells them apart: Linux reports POLLHUP to a reader only once
@@ -264,6 +287,13 @@ class FifoSendStream(PipeSendStream):
     def __init__(self, handle: FdHandle, path: str = "") -> None:
         super().__init__(handle)
         self.path = path
+
+    def _aipc_handoff_(self) -> tuple[str, tuple[int, ...], dict[str, object]]:
+        return "fifo-send", (self._handle.fileno(),), {"path": self.path}
+
+    @classmethod
+    def _from_handoff(cls, fd: int, path: str) -> FifoSendStream:
+        return cls(FdHandle(_adopt(fd, False, "fifo"), "fifo"), path)
 
 
 async def open_fifo_receiver(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-__all__ = ["ENV_VAR", "VERSION", "encode", "inherit"]
+__all__ = ["ENV_VAR", "VERSION", "describe", "encode", "inherit", "rebuild"]
 
 #: The environment variable that describes the objects handed to a child.
 ENV_VAR = "AIPC_HANDOFF"
@@ -66,6 +66,16 @@ def _rebuild_message_socket(
     return cls.from_fd(fds[0], max_size=int(meta["max_size"]))
 
 
+def _rebuild_fifo_receive(
+    cls: Any, fds: tuple[int, ...], meta: Mapping[str, Any]
+) -> Any:
+    return cls._from_handoff(fds[0], str(meta["path"]), bool(meta["keep_open"]))
+
+
+def _rebuild_fifo_send(cls: Any, fds: tuple[int, ...], meta: Mapping[str, Any]) -> Any:
+    return cls._from_handoff(fds[0], str(meta["path"]))
+
+
 def _rebuild_process(cls: Any, fds: tuple[int, ...], meta: Mapping[str, Any]) -> Any:
     # the pid from the parent names the process even when it has been reaped
     # by now, and the pidfd's fdinfo says -1
@@ -76,6 +86,8 @@ def _rebuild_process(cls: Any, fds: tuple[int, ...], meta: Mapping[str, Any]) ->
 _KINDS: dict[str, _Kind] = {
     "pipe-receive": _Kind("._pipes", "PipeReceiveStream", 1, _rebuild_fd),
     "pipe-send": _Kind("._pipes", "PipeSendStream", 1, _rebuild_fd),
+    "fifo-receive": _Kind("._fifos", "FifoReceiveStream", 1, _rebuild_fifo_receive),
+    "fifo-send": _Kind("._fifos", "FifoSendStream", 1, _rebuild_fifo_send),
     "eventfd": _Kind("._eventfd", "EventFd", 1, _rebuild_eventfd),
     "process": _Kind("._process", "Process", 1, _rebuild_process),
     "unix-stream": _Kind("._sockets", "UnixStream", 1, _rebuild_fd),
@@ -101,6 +113,63 @@ def _handable_names() -> str:
 # the parent
 
 
+def describe(
+    obj: object, label: str, where: str
+) -> tuple[str, tuple[int, ...], dict[str, Any]]:
+    """``obj``'s kind, descriptors and meta, checked to be rebuildable.
+
+    ``label`` names the object and ``where`` the destination in the
+    ``TypeError`` raised for an object that cannot be handed over.
+    """
+    method = getattr(type(obj), "_aipc_handoff_", None)
+    if method is None:
+        raise TypeError(
+            f"{label}: {type(obj).__name__} objects cannot be handed {where}; "
+            f"these can: {_handable_names()}"
+        )
+    kind, fds, meta = method(obj)
+    cls = _KINDS[kind].load()
+    if type(obj) is not cls:
+        # a subclass would come back as the base class, without what it adds
+        raise TypeError(
+            f"{label}: {type(obj).__name__} objects cannot be handed {where} "
+            f"(it would be rebuilt there as a {cls.__name__}); these can: "
+            f"{_handable_names()}"
+        )
+    return kind, tuple(fds), meta
+
+
+def rebuild(
+    label: str,
+    kind: str,
+    fds: tuple[int, ...],
+    meta: Mapping[str, Any],
+    expected: type[Any] | None = None,
+) -> Any:
+    """The object of ``kind`` on ``fds`` (which it then owns).
+
+    Raises ``ValueError`` for an unknown kind or a wrong number of descriptors,
+    and ``TypeError`` if the class is not ``expected``; the descriptors then
+    stay the caller's.
+    """
+    spec = _KINDS.get(kind)
+    if spec is None:
+        raise ValueError(
+            f"{label} is a {kind!r}, which this version of aipc cannot "
+            f"rebuild (it knows {', '.join(sorted(_KINDS))})"
+        )
+    if len(fds) != spec.nfds:
+        raise ValueError(
+            f"{label} ({kind}) comes with {len(fds)} descriptors, expected {spec.nfds}"
+        )
+    cls = spec.load()
+    if expected is not None and not issubclass(cls, expected):
+        raise TypeError(
+            f"{label} was handed over as {cls.__name__}, not {expected.__name__}"
+        )
+    return spec.rebuild(cls, fds, meta)
+
+
 def encode(handoff: Mapping[str, object]) -> tuple[list[int], str]:
     """The descriptors to pass and the ``AIPC_HANDOFF`` value for ``handoff``.
 
@@ -122,22 +191,7 @@ def encode(handoff: Mapping[str, object]) -> tuple[list[int], str]:
             )
         if not name:
             raise ValueError("handoff names must not be empty")
-        method = getattr(type(obj), "_aipc_handoff_", None)
-        if method is None:
-            raise TypeError(
-                f"handoff[{name!r}]: {type(obj).__name__} objects cannot be handed "
-                f"to a child process; these can: {_handable_names()}"
-            )
-        kind, fds, meta = method(obj)
-        cls = _KINDS[kind].load()
-        if type(obj) is not cls:
-            # a subclass (a FIFO end is a pipe end) would come back as the base
-            # class, without what the subclass adds
-            raise TypeError(
-                f"handoff[{name!r}]: {type(obj).__name__} objects cannot be handed "
-                f"to a child process (it would be rebuilt there as a "
-                f"{cls.__name__}); these can: {_handable_names()}"
-            )
+        kind, fds, meta = describe(obj, f"handoff[{name!r}]", "to a child process")
         for fd in fds:
             if fd in owners:
                 raise ValueError(
@@ -267,22 +321,6 @@ def inherit(name: str, kind: type[Any] | None = None) -> Any:
                 f"nothing named {name!r} was handed to this process; on offer: "
                 + (", ".join(map(repr, left)) if left else "nothing (any more)")
             )
-        spec = _KINDS.get(offer.kind)
-        if spec is None:
-            raise ValueError(
-                f"{name!r} is a {offer.kind!r}, which this version of aipc cannot "
-                f"rebuild (it knows {', '.join(sorted(_KINDS))})"
-            )
-        if len(offer.fds) != spec.nfds:
-            raise ValueError(
-                f"{name!r} ({offer.kind}) comes with {len(offer.fds)} descriptors, "
-                f"expected {spec.nfds}"
-            )
-        cls = spec.load()
-        if kind is not None and not issubclass(cls, kind):
-            raise TypeError(
-                f"{name!r} was handed over as {cls.__name__}, not {kind.__name__}"
-            )
-        obj = spec.rebuild(cls, offer.fds, offer.meta)
+        obj = rebuild(repr(name), offer.kind, offer.fds, offer.meta, kind)
         _taken.add(name)
         return obj

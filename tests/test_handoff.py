@@ -132,6 +132,39 @@ async def test_process(backend_id: str) -> None:
                 assert await proc.wait() == 0
 
 
+FIFO_CHILD = """
+import sys
+import aipc
+from tests._helpers import run_backend
+
+async def main():
+    receive = aipc.inherit("receive", aipc.FifoReceiveStream)
+    send = aipc.inherit("send", aipc.FifoSendStream)
+    async with receive, send:
+        print(receive.path == send.path, receive.keep_open, flush=True)
+        await send.send(b"from the child")
+        print((await receive.receive()).decode(), flush=True)
+
+run_backend(main, sys.argv[1])
+"""
+
+
+async def test_fifo_ends(backend_id: str, fifo_dir: Path) -> None:
+    """FIFO ends keep their class, path and keep_open mode in the child."""
+    fifo = aipc.create_fifo(fifo_dir / "f", unlink_on_close=True)
+    rx = await aipc.open_fifo_receiver(fifo.path, keep_open=True)
+    async with fifo, rx, await aipc.open_fifo_sender(fifo.path) as tx:
+        handoff = {"receive": rx, "send": tx}
+        async with aipc_child(FIFO_CHILD, args=[backend_id], handoff=handoff) as (
+            proc,
+            stdout,
+        ):
+            assert await read_line(stdout) == b"True True"
+            assert await read_line(stdout) == b"from the child"
+            with anyio.fail_after(10):
+                assert await proc.wait() == 0
+
+
 ERRORS_CHILD = """
 import sys
 import aipc
@@ -266,15 +299,20 @@ async def test_bad_handoff_is_refused_before_spawning(fifo_dir: Path) -> None:
             await aipc.open_process(NOWHERE, handoff={"a": efd, "b": efd})
     with pytest.raises(anyio.ClosedResourceError):
         await aipc.open_process(NOWHERE, handoff={"closed": efd})
-    # a FIFO end is a pipe end, but the child would rebuild a plain pipe end
-    fifo = aipc.create_fifo(fifo_dir / "f", unlink_on_close=True)
-    async with fifo, await aipc.open_fifo_receiver(fifo.path) as receiver:
+
+    # a subclass would be rebuilt in the child as the aipc class it extends
+    class MyPipe(aipc.PipeReceiveStream):
+        pass
+
+    receive, send = aipc.create_pipe()
+    mine = MyPipe.from_fd(os.dup(receive.fileno()))
+    async with receive, send, mine:
         with pytest.raises(
             TypeError,
-            match=r"FifoReceiveStream objects cannot be handed to a child process "
+            match=r"MyPipe objects cannot be handed to a child process "
             r"\(it would be rebuilt there as a PipeReceiveStream\)",
         ):
-            await aipc.open_process(NOWHERE, handoff={"fifo": receiver})
+            await aipc.open_process(NOWHERE, handoff={"mine": mine})
     # and a good hand-off reaches the spawn, which fails
     async with aipc.EventFd() as efd:
         with pytest.raises(FileNotFoundError):
