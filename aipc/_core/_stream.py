@@ -309,6 +309,57 @@ class FdSendStream(_FdEnd, ByteSendStream):
         finally:
             self._sending = False
 
+    async def _send_some(self, data: bytes | bytearray | memoryview) -> int:
+        """Write a non-empty prefix of ``data`` with one write; return its length.
+
+        For callers that must know exactly what reached the kernel (the object
+        channels keep the unsent rest of a frame for the next send). Waits while
+        the kernel buffer is full; that wait is the only cancel point, so a
+        cancelled call wrote nothing and one that returns wrote at least one
+        byte. It is *not* a checkpoint when it can write at once: the caller
+        checkpoints before its first call. ``data`` must be non-empty and, if a
+        memoryview, of bytes. Counts bytes, syscalls and waits as :meth:`send`
+        does (not ``operations``: the caller's unit is not a send); raises what
+        :meth:`send` raises.
+        """
+        if self._sending:
+            raise anyio.BusyResourceError("sending to")
+        self._sending = True
+        try:
+            handle = self._handle
+            if self._broken:
+                raise anyio.BrokenResourceError(
+                    f"the other end of the {handle.what} is gone"
+                )
+            write = self._write
+            guard = write is None and _sigpipe_would_kill()
+            while True:
+                fd = handle.fd
+                if fd < 0:
+                    raise anyio.ClosedResourceError
+                try:
+                    if write is not None:
+                        n = write(fd, data)
+                    elif guard:
+                        n = _write_blocking_sigpipe(fd, data)
+                    else:
+                        n = os.write(fd, data)
+                except BlockingIOError:
+                    self._waits += 1
+                    await handle.wait_writable()
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.EPIPE:
+                        self._broken = True
+                    raise translate_os_error(
+                        exc, closed=handle.closed, what=handle.what
+                    ) from exc
+                self._bytes += n
+                self._syscalls += 1
+                return n
+        finally:
+            self._sending = False
+
     async def wait_writable(self) -> None:
         """Wait until a ``send`` can make progress without waiting.
 
