@@ -40,9 +40,10 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, overload
 
 import anyio
@@ -60,7 +61,24 @@ from ._core import _registry
 from ._core._args import check_int, check_mode
 from ._core._errors import AipcError, LimitExceededError, translate_os_error
 from ._core._fd import FdHandle, checkpoint
-from ._core._stream import FdReceiveStream, FdSendStream
+from ._core._stream import FdReceiveStream, FdSendStream, _check_max_bytes
+from ._fdpass import (
+    OBJECTS_HEADER_SIZE,
+    RECV_FLAGS,
+    SCM_MAX_FD,
+    FdLike,
+    ReceivedFd,
+    ReceivedMessage,
+    ancillary,
+    check_max_fds,
+    control_space,
+    decode_objects,
+    encode_objects,
+    fd_numbers,
+    objects_frame,
+    objects_length,
+    parse,
+)
 
 if TYPE_CHECKING:
     from ._process import Process
@@ -421,6 +439,7 @@ class _Socket:
         if self._handle.closed:
             return
         self._handle.close()
+        self._close_pending()
         if self._pidfd is not None:
             self._pidfd.close()
         if self._bound is not None:
@@ -431,6 +450,19 @@ class _Socket:
         """Close the socket (idempotent, also when cancelled); see :meth:`close`."""
         self.close()
         await checkpoint()
+
+    def _close_pending(self) -> None:
+        """Close descriptors kept for the next receive (closing drops them)."""
+
+    def pass_credentials(self, enabled: bool = True) -> None:
+        """Have the kernel attach the sender's credentials to every message
+        received from now on (``SO_PASSCRED``); ``receive_fds`` returns them
+        in :attr:`ReceivedMessage.credentials`.
+
+        The kernel fills them in (pid, uid, gid of the sending process, for
+        each message), so a datagram socket learns who sent each datagram.
+        """
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, int(enabled))
 
     # -- identity
 
@@ -544,6 +576,7 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
         self._sender = FdSendStream(
             handle, write=lambda fd, data: send(data, _SEND_FLAGS)
         )
+        self._pending_fds: list[ReceivedFd] = []
 
     @classmethod
     def from_fd(cls, fd: int) -> Self:
@@ -570,8 +603,8 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
         await self._sender.send(item)
 
     def _send_some(self, data: bytes | bytearray | memoryview) -> Awaitable[int]:
-        send_some: Callable[[Any], Awaitable[int]] = self._sender._send_some  # type: ignore[attr-defined]
-        return send_some(data)
+        # for channels: one write, cancellable only before it (FdSendStream)
+        return self._sender._send_some(data)
 
     async def send_eof(self) -> None:
         """Shut down the sending direction: the peer reads to the end, then
@@ -591,6 +624,199 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
         **Cancellation:** nothing to undo.
         """
         await self._sender.wait_writable()
+
+    # -- descriptor passing
+
+    async def send_fds(
+        self,
+        data: bytes | bytearray | memoryview,
+        fds: Sequence[FdLike],
+        *,
+        credentials: bool = False,
+    ) -> None:
+        """Send ``data`` with descriptors attached (``SCM_RIGHTS``).
+
+        ``fds`` holds ints or objects with ``fileno()`` (any aipc object, a
+        file, a socket); the peer gets duplicates, and the originals stay
+        yours. On a stream socket descriptors travel with bytes, so ``data``
+        must not be empty: the peer's :meth:`receive_fds` returns them with
+        the first of these bytes. ``credentials=True`` attaches this process's
+        pid, uid and gid (``SCM_CREDENTIALS``; the kernel checks them).
+
+        Raises ``LimitExceededError`` for more than 253 descriptors
+        (SCM_MAX_FD), and what :meth:`send` raises.
+
+        **Cancellation:** cancelled before the first bytes went out, nothing
+        was sent. The descriptors go with the first write; if ``data`` did not
+        fit at once, the rest follows as :meth:`send` does (and may be cut
+        short by a cancellation the same way).
+        """
+        numbers = fd_numbers(fds)
+        size = _check_message(data)
+        if not size:
+            raise ValueError(
+                "data must not be empty: on a stream socket descriptors travel "
+                "with bytes"
+            )
+        control = ancillary(numbers, credentials)
+        sender = self._sender
+        if sender._sending:
+            raise anyio.BusyResourceError("sending to")
+        sender._sending = True
+        try:
+            await checkpoint()
+            handle = self._handle
+            while True:
+                if handle.fd < 0:
+                    raise anyio.ClosedResourceError
+                try:
+                    sent = self._sock.sendmsg([data], control, _SEND_FLAGS)
+                except BlockingIOError:
+                    sender._waits += 1
+                    await handle.wait_writable()
+                    continue
+                except OSError as exc:
+                    raise translate_os_error(
+                        exc, closed=handle.closed, what=handle.what
+                    ) from exc
+                break
+            sender._bytes += sent
+            sender._syscalls += 1
+            self._fds_sent += len(numbers)
+        finally:
+            sender._sending = False
+        if sent < size:
+            await sender.send(memoryview(data).cast("B")[sent:])
+        else:
+            sender._ops += 1
+
+    def _recvmsg(self, max_bytes: int, max_fds: int) -> ReceivedMessage:
+        data, control, flags, _ = self._sock.recvmsg(
+            max_bytes, control_space(max_fds), RECV_FLAGS
+        )
+        return parse(data, control, flags, max_fds)
+
+    def _keep_message(self, message: ReceivedMessage) -> None:
+        # taken from the kernel for a receive that was cancelled: the next
+        # receive_fds returns it (a plain receive returns its bytes)
+        self._pending = message.data + self._pending
+        self._pending_fds[:0] = message.fds
+
+    def _close_pending(self) -> None:
+        while self._pending_fds:
+            self._pending_fds.pop().close()
+
+    async def receive_fds(
+        self, max_bytes: int = 65536, *, max_fds: int = 16
+    ) -> ReceivedMessage:
+        """Receive up to ``max_bytes`` bytes and the descriptors sent with them.
+
+        Returns a :class:`ReceivedMessage` whose ``fds`` are owned
+        :class:`ReceivedFd` objects (close-on-exec): use it as a context
+        manager, and :meth:`ReceivedFd.take` those you keep. The kernel never
+        merges bytes sent with descriptors into a read with other bytes that
+        carry descriptors, so one call returns one sender's set.
+
+        Raises:
+            FdTruncatedError: more than ``max_fds`` descriptors came (the ones
+                that arrived are closed; the bytes are in the exception).
+            EndOfStream: the peer closed its side and everything was read.
+
+        **Cancellation:** nothing is lost: bytes and descriptors taken from the
+        kernel by a cancelled call are returned by the next ``receive_fds``.
+        Closing the socket closes descriptors kept that way.
+        """
+        if type(max_bytes) is not int or max_bytes < 1:
+            _check_max_bytes(max_bytes)
+        check_max_fds(max_fds)
+        if self._receiving:
+            raise anyio.BusyResourceError("receiving from")
+        self._receiving = True
+        try:
+            if self._pending or self._pending_fds:
+                await checkpoint()
+                data = self._pending[:max_bytes]
+                self._pending = self._pending[max_bytes:]
+                fds, self._pending_fds = self._pending_fds, []
+                message = ReceivedMessage(data, fds)
+            else:
+                handle = self._handle
+                if handle.fd < 0:
+                    await checkpoint()
+                    raise anyio.ClosedResourceError
+                attempt = partial(self._recvmsg, max_bytes, max_fds)
+                try:
+                    try:
+                        message = attempt()
+                    except BlockingIOError:
+                        self._waits += 1
+                        message = await handle.read_when_ready(
+                            attempt, self._keep_message
+                        )
+                    else:
+                        try:
+                            await checkpoint()
+                        except BaseException:
+                            self._keep_message(message)
+                            raise
+                except OSError as exc:
+                    raise translate_os_error(
+                        exc, closed=handle.closed, what=handle.what
+                    ) from exc
+                self._syscalls += 1
+            if not message.data and not message.fds:
+                raise anyio.EndOfStream
+            self._bytes += len(message.data)
+            self._ops += 1
+            self._fds_received += len(message.fds)
+            return message
+        finally:
+            self._receiving = False
+
+    async def send_objects(self, *objects: object) -> None:
+        """Send aipc objects (pipe and FIFO ends, eventfds, sockets,
+        listeners, processes) so that :meth:`receive_objects` rebuilds each
+        as the same kind of object on the same kernel object.
+
+        The objects stay open here: the peer gets duplicates of their
+        descriptors. Raises ``TypeError`` for an object that cannot be sent
+        (the message lists those that can).
+
+        **Cancellation:** as :meth:`send_fds`; the message is small, so a
+        cancelled call sent nothing or all of it.
+        """
+        payload, fds = encode_objects(objects)
+        await self.send_fds(objects_frame(payload), fds)
+
+    async def receive_objects(self) -> list[Any]:
+        """Receive what the peer sent with :meth:`send_objects`: the objects,
+        rebuilt, in order. They own their descriptors: close them.
+
+        Must be called where the peer's ``send_objects`` message starts in the
+        stream. Raises ``ValueError`` if the bytes there are not one (the
+        descriptors that came are closed).
+
+        **Cancellation:** cancelled while waiting, nothing is lost; once the
+        message has begun to arrive, it is read to its end (a well-behaved
+        peer sent it in one piece) and then the cancellation takes effect, its
+        descriptors closed.
+        """
+        message = await self.receive_fds(OBJECTS_HEADER_SIZE, max_fds=SCM_MAX_FD)
+        with message:
+            with anyio.CancelScope(shield=True):
+                header = message.data
+                length, payload = 1, b""
+                with anyio.move_on_after(5):
+                    while len(header) < OBJECTS_HEADER_SIZE:
+                        header += await self.receive(OBJECTS_HEADER_SIZE - len(header))
+                    length = objects_length(header)
+                    while len(payload) < length:
+                        payload += await self.receive(length - len(payload))
+                if len(header) < OBJECTS_HEADER_SIZE or len(payload) < length:
+                    raise anyio.BrokenResourceError(
+                        "the peer's objects message stopped half way"
+                    )
+            return decode_objects(message, payload)
 
     def statistics(self) -> UnixSocketStatistics:  # type: ignore[override]
         """Byte, message, fd and wait counters of this socket."""
@@ -626,8 +852,6 @@ class _MessageSocket(_Socket, Generic[_M]):
     first, wait on EAGAIN, checkpoint, and keep a message whose receive was
     cancelled after it was taken."""
 
-    _empty_is_eof = False
-
     def _setup_messages(
         self, sock: socket.socket, bound: _BoundPath | None, max_size: int
     ) -> None:
@@ -638,7 +862,9 @@ class _MessageSocket(_Socket, Generic[_M]):
         self._max_size = max_size
         self._buffer = bytearray(max_size)
         self._view = memoryview(self._buffer)
-        self._pending: collections.deque[_M] = collections.deque()
+        # items kept for the next receive: _M, or a ReceivedMessage kept by a
+        # cancelled receive_fds
+        self._pending: collections.deque[Any] = collections.deque()
         self._receiving = self._sending = False
         self._bytes_in = self._bytes_out = self._msgs_in = self._msgs_out = 0
         self._waits = 0
@@ -649,24 +875,83 @@ class _MessageSocket(_Socket, Generic[_M]):
         return self._max_size
 
     def _recv_message(self) -> tuple[bytes, Any]:
-        """One non-blocking receive: (payload, sender address)."""
+        """One non-blocking receive: (payload, sender address).
+
+        Descriptors sent with the message are closed by the kernel (there is
+        no room for them): use ``receive_fds`` for those.
+        """
         n, _, flags, address = self._sock.recvmsg_into((self._buffer,), 0, _RECV_FLAGS)
         if n > self._max_size or flags & socket.MSG_TRUNC:
-            self._msgs_in += 1  # the kernel discarded the rest: it is gone
-            raise LimitExceededError(
-                "message size",
-                n,
-                self._max_size,
-                f"this {self._what}'s max_size",
-                "the message was discarded; open the socket with a larger "
-                "max_size, or send smaller messages",
-            )
+            raise self._too_large(n)
         return bytes(self._view[:n]), address
 
-    def _keep(self, item: _M) -> None:
+    def _too_large(self, n: int) -> LimitExceededError:
+        self._msgs_in += 1  # the kernel discarded the rest: it is gone
+        return LimitExceededError(
+            "message size",
+            n,
+            self._max_size,
+            f"this {self._what}'s max_size",
+            "the message was discarded; open the socket with a larger "
+            "max_size, or send smaller messages",
+        )
+
+    def _recv_fds_attempt(self, max_fds: int) -> ReceivedMessage:
+        n, control, flags, address = self._sock.recvmsg_into(
+            (self._buffer,), control_space(max_fds), _RECV_FLAGS | RECV_FLAGS
+        )
+        size = min(n, self._max_size)
+        message = parse(bytes(self._view[:size]), control, flags, max_fds, address)
+        if n > self._max_size or flags & socket.MSG_TRUNC:
+            message.close()
+            raise self._too_large(n)
+        self._bytes_in += size
+        self._msgs_in += 1
+        return message
+
+    def _close_pending(self) -> None:
+        for item in self._pending:
+            if isinstance(item, ReceivedMessage):
+                item.close()
+        self._pending.clear()
+
+    async def _receive_fds(self, max_fds: int) -> ReceivedMessage:
+        check_max_fds(max_fds)
+        item: Any = await self._receive_one(partial(self._recv_fds_attempt, max_fds))
+        message: ReceivedMessage
+        if isinstance(item, ReceivedMessage):
+            message = item
+        elif isinstance(item, tuple):  # kept by a cancelled plain receive
+            message = ReceivedMessage(item[0], address=item[1])
+        else:
+            message = ReceivedMessage(item)
+        self._fds_received += len(message.fds)
+        return message
+
+    async def _send_fds(
+        self,
+        data: bytes | bytearray | memoryview,
+        fds: Sequence[FdLike],
+        credentials: bool,
+        address: Any = None,
+    ) -> None:
+        numbers = fd_numbers(fds)
+        size = _check_message(data)
+        control = ancillary(numbers, credentials)
+        sendmsg = self._sock.sendmsg
+        if address is None:
+            await self._send_one(lambda: sendmsg([data], control, _SEND_FLAGS), size)
+        else:
+            address = _address(address, "address")
+            await self._send_one(
+                lambda: sendmsg([data], control, _SEND_FLAGS, address), size, poll=True
+            )
+        self._fds_sent += len(numbers)
+
+    def _keep(self, item: Any) -> None:
         self._pending.appendleft(item)
 
-    async def _receive_one(self, attempt: Callable[[], _M]) -> _M:
+    async def _receive_one(self, attempt: Callable[[], Any]) -> Any:
         if self._receiving:
             raise anyio.BusyResourceError("receiving from")
         self._receiving = True
@@ -770,6 +1055,13 @@ class _MessageSocket(_Socket, Generic[_M]):
         )
 
 
+def _plain(message: ReceivedMessage) -> bytes:
+    # a plain receive after a cancelled receive_fds: the bytes, and the
+    # descriptors closed (as the kernel closes those a plain receive cannot take)
+    message.close()
+    return message.data
+
+
 def _check_message(item: object) -> int:
     if not isinstance(item, (bytes, bytearray, memoryview)):
         raise TypeError(
@@ -831,7 +1123,8 @@ class UnixSeqpacketStream(_MessageSocket[bytes], ObjectStream[bytes]):
         **Cancellation:** nothing is lost: a message taken from the kernel by a
         cancelled receive is returned by the next one.
         """
-        data = await self._receive_one(self._attempt)
+        item: Any = await self._receive_one(self._attempt)
+        data: bytes = item if type(item) is bytes else _plain(item)
         if not data:
             raise anyio.EndOfStream
         return data
@@ -868,6 +1161,57 @@ class UnixSeqpacketStream(_MessageSocket[bytes], ObjectStream[bytes]):
         except OSError as exc:
             if exc.errno != errno.ENOTCONN:
                 raise
+
+    async def send_fds(
+        self,
+        data: bytes | bytearray | memoryview,
+        fds: Sequence[FdLike],
+        *,
+        credentials: bool = False,
+    ) -> None:
+        """Send ``data`` as one message with descriptors attached
+        (``SCM_RIGHTS``); see :meth:`UnixStream.send_fds`.
+
+        **Cancellation:** a cancelled call sent nothing.
+        """
+        if not _check_message(data):
+            raise ValueError(
+                "a seqpacket message must not be empty: the receiver could not "
+                "tell it from the end of the stream"
+            )
+        await self._send_fds(data, fds, credentials)
+
+    async def receive_fds(self, *, max_fds: int = 16) -> ReceivedMessage:
+        """Receive the next message and the descriptors sent with it.
+
+        See :meth:`UnixStream.receive_fds` for the returned message and
+        ``FdTruncatedError``. Raises ``EndOfStream`` at the end of the stream
+        and ``LimitExceededError`` for a message larger than ``max_size``
+        (its descriptors are closed).
+
+        **Cancellation:** nothing is lost: the next receive gets it.
+        """
+        message = await self._receive_fds(max_fds)
+        if not message.data and not message.fds:
+            raise anyio.EndOfStream
+        return message
+
+    async def send_objects(self, *objects: object) -> None:
+        """Send aipc objects in one message; see :meth:`UnixStream.send_objects`.
+
+        **Cancellation:** a cancelled call sent nothing.
+        """
+        payload, fds = encode_objects(objects)
+        await self._send_fds(payload, fds, False)
+
+    async def receive_objects(self) -> list[Any]:
+        """Receive objects sent with :meth:`send_objects`, rebuilt; see
+        :meth:`UnixStream.receive_objects`.
+
+        **Cancellation:** nothing is lost.
+        """
+        message = await self.receive_fds(max_fds=SCM_MAX_FD)
+        return decode_objects(message, message.data)
 
     def _aipc_handoff_(self) -> tuple[str, tuple[int, ...], dict[str, Any]]:
         return "unix-seqpacket", self._handoff_fds(), {"max_size": self._max_size}
@@ -920,7 +1264,11 @@ class UnixDatagramSocket(
 
         **Cancellation:** nothing is lost (see :meth:`UnixSeqpacketStream.receive`).
         """
-        return await self._receive_one(self._receive_attempt)
+        item: Any = await self._receive_one(self._receive_attempt)
+        if type(item) is not tuple:
+            message: ReceivedMessage = item
+            return _plain(message), message.address
+        return item
 
     async def send(self, item: tuple[bytes, Any]) -> None:
         """Send ``item``, a ``(data, address)`` pair, as one datagram.
@@ -947,6 +1295,48 @@ class UnixDatagramSocket(
         await self._send_one(
             lambda: sendto(data, _SEND_FLAGS, address), size, poll=True
         )
+
+    async def send_fds(
+        self,
+        data: bytes | bytearray | memoryview,
+        fds: Sequence[FdLike],
+        address: Any,
+        *,
+        credentials: bool = False,
+    ) -> None:
+        """Send ``data`` to ``address`` as one datagram with descriptors
+        attached; see :meth:`UnixStream.send_fds` and :meth:`send`.
+
+        **Cancellation:** a cancelled call sent nothing.
+        """
+        await self._send_fds(data, fds, credentials, address)
+
+    async def receive_fds(self, *, max_fds: int = 16) -> ReceivedMessage:
+        """Receive the next datagram with its descriptors; the sender's address
+        is in :attr:`ReceivedMessage.address` (see
+        :meth:`UnixSeqpacketStream.receive_fds`).
+
+        **Cancellation:** nothing is lost.
+        """
+        return await self._receive_fds(max_fds)
+
+    async def send_objects(self, *objects: object, address: Any) -> None:
+        """Send aipc objects to ``address`` in one datagram; see
+        :meth:`UnixStream.send_objects`.
+
+        **Cancellation:** a cancelled call sent nothing.
+        """
+        payload, fds = encode_objects(objects)
+        await self._send_fds(payload, fds, False, address)
+
+    async def receive_objects(self) -> tuple[list[Any], Any]:
+        """Receive objects sent with :meth:`send_objects`: the rebuilt objects
+        and the sender's address.
+
+        **Cancellation:** nothing is lost.
+        """
+        message = await self._receive_fds(SCM_MAX_FD)
+        return decode_objects(message, message.data), message.address
 
     def _aipc_handoff_(self) -> tuple[str, tuple[int, ...], dict[str, Any]]:
         return "unix-datagram", self._handoff_fds(), {"max_size": self._max_size}
@@ -993,7 +1383,9 @@ class ConnectedUnixDatagramSocket(_MessageSocket[bytes], UnreliableObjectStream[
 
         **Cancellation:** nothing is lost.
         """
-        return await self._receive_one(self._receive_attempt)
+        item: Any = await self._receive_one(self._receive_attempt)
+        data: bytes = item if type(item) is bytes else _plain(item)
+        return data
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
         """Send ``item`` to the peer as one datagram, waiting while the peer's
@@ -1007,6 +1399,44 @@ class ConnectedUnixDatagramSocket(_MessageSocket[bytes], UnreliableObjectStream[
         size = _check_message(item)
         send = self._sock.send
         await self._send_one(lambda: send(item, _SEND_FLAGS), size)
+
+    async def send_fds(
+        self,
+        data: bytes | bytearray | memoryview,
+        fds: Sequence[FdLike],
+        *,
+        credentials: bool = False,
+    ) -> None:
+        """Send ``data`` to the peer as one datagram with descriptors attached;
+        see :meth:`UnixStream.send_fds`.
+
+        **Cancellation:** a cancelled call sent nothing.
+        """
+        await self._send_fds(data, fds, credentials)
+
+    async def receive_fds(self, *, max_fds: int = 16) -> ReceivedMessage:
+        """Receive the next datagram with its descriptors (see
+        :meth:`UnixSeqpacketStream.receive_fds`).
+
+        **Cancellation:** nothing is lost.
+        """
+        return await self._receive_fds(max_fds)
+
+    async def send_objects(self, *objects: object) -> None:
+        """Send aipc objects in one datagram; see :meth:`UnixStream.send_objects`.
+
+        **Cancellation:** a cancelled call sent nothing.
+        """
+        payload, fds = encode_objects(objects)
+        await self._send_fds(payload, fds, False)
+
+    async def receive_objects(self) -> list[Any]:
+        """Receive objects sent with :meth:`send_objects`, rebuilt.
+
+        **Cancellation:** nothing is lost.
+        """
+        message = await self._receive_fds(SCM_MAX_FD)
+        return decode_objects(message, message.data)
 
     def _aipc_handoff_(self) -> tuple[str, tuple[int, ...], dict[str, Any]]:
         return (
