@@ -388,13 +388,7 @@ class FdHandle:
         fd = getattr(self, "_fd", -1)
         if fd >= 0:
             self._fd = -1
-            if not sys.is_finalizing():
-                _warn(
-                    f"unclosed {self.what} fd={fd}; close it with aclose() or close()",
-                    ResourceWarning,
-                    stacklevel=2,
-                    source=self,
-                )
+            # close first: with warnings turned into errors, the warning raises
             closer = getattr(self, "_closer", None)
             try:
                 if closer is None:
@@ -403,6 +397,13 @@ class FdHandle:
                     closer()
             except Exception:  # OSError, or the closer library's own error
                 pass
+            if not sys.is_finalizing():
+                _warn(
+                    f"unclosed {self.what} fd={fd}; close it with aclose() or close()",
+                    ResourceWarning,
+                    stacklevel=2,
+                    source=self,
+                )
 
 
 def reopen_private_nonblocking(fd: int, what: str) -> int:
