@@ -29,6 +29,10 @@ DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md")
 
 #: example script -> lines it must print
 EXPECTED = {
+    "pass_pipe_to_unrelated_process.py": [
+        "the peer is the helper: True",
+        "parent read 3 lines written by the helper",
+    ],
     "pipe_child_asyncio.py": ["consumer got 100 messages"],
     "pipe_child_trio.py": ["consumer got 100 messages"],
     "eventfd_wakeup.py": ["counter mode: one wait took 6", "parent woke 5 times"],
