@@ -71,11 +71,14 @@ def _bench_leftovers(pid: int) -> list[str]:
     return left
 
 
+@pytest.mark.timeout(150)
 def test_bench_quick_measures_every_mechanism_on_every_backend(
     tmp_path: Path,
 ) -> None:
+    # about 40 processes per backend start at once: on a loaded machine the
+    # quick run takes longer than the default per-test timeout
     out = tmp_path / "bench.json"
-    result, pid = _bench("--quick", "--backend", "all", "--json", str(out))
+    result, pid = _bench("--quick", "--backend", "all", "--json", str(out), timeout=140)
     assert result.returncode == 0, result.stderr
     assert "aipc pipe" in result.stdout
     assert "total run time" in result.stdout
@@ -98,6 +101,10 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
         "mqueue",
         "lock",
         "semaphore",
+        "unix",
+        "seqpacket",
+        "channel",
+        "channel-pipe",
     ):
         for backend in ("asyncio", "uvloop", "trio"):
             for placement in placements:
@@ -180,6 +187,50 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
             ("asyncio", p) for p in placements
         }
         assert all(not r["failed"] and r["rtt"]["median_us"] > 0 for r in filelock_rows)
+    # UNIX sockets: aipc's beside anyio's on the same backend and placement;
+    # a seqpacket message cannot be 1 MiB, so its rows have the 64 KiB column
+    # only
+    for key, peer in (("unix", "anyio-unix"), ("seqpacket", "anyio-seqpacket")):
+        chunks = ["64KiB", "1MiB"] if key == "unix" else ["64KiB"]
+        peer_rows = [r for r in rows if r["mechanism"] == peer]
+        assert {(r["backend"], r["placement"]) for r in peer_rows} == {
+            (b, p) for b in ("asyncio", "uvloop", "trio") for p in placements
+        }
+        for row in [r for r in rows if r["mechanism"] == key] + peer_rows:
+            assert not row["failed"], row
+            assert sorted(row["throughput"]) == sorted(chunks), row
+            assert row["msgs"]["per_s"] > 0
+            if row["aipc"]:
+                assert row["reference"] == peer_rows[0]["label"]
+                for name in ("rtt", *chunks, "msgs"):
+                    assert row["vs_reference"][name] > 0, (row, name)
+    # object channels: rtt and msgs/s of 64-byte msgpack objects, beside
+    # pyzmq with zmq.asyncio (asyncio and uvloop: none on trio), pyzmq's sync
+    # API and multiprocessing.Pipe
+    has_zmq = importlib.util.find_spec("zmq") is not None
+    for row in rows:
+        if row["mechanism"] in ("channel", "channel-pipe"):
+            assert row["throughput"] == {}
+            assert row["msgs"]["per_s"] > 0
+            if row["backend"] == "trio" or not has_zmq:
+                assert row["reference"] is None, row
+            else:
+                assert row["reference"] == "pyzmq PAIR ipc:// objects (zmq.asyncio)"
+                assert row["vs_reference"]["msgs"] > 0
+    object_peers = {"mp-obj": {"blocking"}}
+    if has_zmq:
+        object_peers.update(
+            {"zmq-obj": {"blocking"}, "zmq-asyncio": {"asyncio", "uvloop"}}
+        )
+    for key, backends in object_peers.items():
+        peer_rows = [r for r in rows if r["mechanism"] == key]
+        assert {(r["backend"], r["placement"]) for r in peer_rows} == {
+            (b, p) for b in backends for p in placements
+        }, key
+        for row in peer_rows:
+            assert not row["failed"], key
+            assert row["rtt"]["median_us"] > 0
+            assert row["msgs"]["per_s"] > 0
     # the bench removed its FIFOs, queues, semaphores and their registry records
     listing = _aipc("objects")
     assert listing.returncode == 0, listing.stderr

@@ -11,7 +11,10 @@ pipe streams, trio's ``FdStream``, ``filelock.AsyncFileLock``) run on their
 own loops in the same run, so that the ratios compare like with like. POSIX
 message queues, file locks and POSIX semaphores have rows of their own: round
 trips and messages per second for the queue, hand-off latency (release in one
-process to acquire in the other) for the locks and semaphores. See
+process to acquire in the other) for the locks and semaphores. UNIX stream and
+seqpacket sockets are compared with anyio's own on the same backend; object
+channels (64-byte msgpack objects) with pyzmq (sync and ``zmq.asyncio``) and
+``multiprocessing.Pipe`` sending the same objects. See
 ``benchmarks/README.md``.
 
 This package imports its heavy parts only when ``run`` is called.

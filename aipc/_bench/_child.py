@@ -18,10 +18,15 @@ needs no go-ahead: it is always blocked on the driver's next message. The lock
 rows use the second pipe too: the peer starts waiting for a lock only once the
 driver holds its two (see ``_LockHandOffs``).
 
+The UNIX socket rows shake hands before they connect: the peer listens (on
+an abstract name the orchestrator chose), says it is ready and accepts; the
+driver connects once it has read that (see ``_connected``).
+
 The msgs/s phase reuses the throughput code: ``n`` messages of ``size`` bytes
 are a transfer of ``n * size`` bytes in ``size``-byte sends. Only the peer
 differs: a byte stream's peer reads up to ``read`` bytes at a time (whatever
-has arrived), a message transport's peer receives one message per call.
+has arrived), a message transport's peer receives one message per call. The
+object rows send ``_plan.OBJECT`` in every message instead of bytes.
 """
 
 from __future__ import annotations
@@ -32,16 +37,24 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import _share
+from ._plan import OBJECT
 
 if TYPE_CHECKING:
+    from anyio.abc import UNIXSocketStream
+
     from aipc import SignalReceiver
+
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
 
 __all__ = ["main"]
 
@@ -58,6 +71,13 @@ _SIGNALS = {
     "signal": (signal.SIGRTMIN + 1, signal.SIGRTMIN + 2),
     "anyio-signal": (signal.SIGUSR1, signal.SIGUSR2),
 }
+
+
+class _Accepting(Protocol[_T_co]):
+    """A listener (aipc's or anyio's) as the socket rows' peer uses it."""
+
+    async def accept(self) -> _T_co: ...
+    async def aclose(self) -> None: ...
 
 
 class _PeerGone(Exception):
@@ -83,6 +103,7 @@ class _Ctx:
         self.ctl: int = spec["ctl"]
         self.pid_fd: int | None = spec.get("pid_fd")
         self.partner_pid = 0  # the other process's pid, known after the handshake
+        self.shaken = False  # the socket rows shake hands before they connect
 
     def emit(self, **event: Any) -> None:
         if self.driver:
@@ -106,8 +127,12 @@ class _Ctx:
         With a ``pid_fd`` (the signal rows), the driver then sends its own pid
         to the peer, and the peer waits for it. Both sides opened their signal
         receivers before: neither can get a signal it is not ready for (the
-        default action of the signals used kills the process).
+        default action of the signals used kills the process). Only the first
+        call does anything (see ``_connected``).
         """
+        if self.shaken:
+            return
+        self.shaken = True
         if self.driver:
             try:
                 # "R<pid>" came in one write of less than PIPE_BUF: one read
@@ -192,6 +217,31 @@ class _SyncTransport(Protocol):
     def capacity(self) -> int | None: ...
 
 
+async def _transfers(
+    send: Callable[[Any], Awaitable[object]],
+    ack: Callable[[], Awaitable[object]],
+    message: object,
+    chunk: int,
+    total: int,
+    warm: int,
+    reps: int,
+) -> list[int]:
+    """The driver's side of the transfers on an async transport: ``total //
+    chunk`` sends of ``message``, each repetition timed until ``ack()`` has
+    the peer's acknowledgement (after a shorter transfer, not timed, that
+    warms up); one time per repetition."""
+    clock = time.perf_counter_ns
+    out: list[int] = []
+    for rep in range(reps + 1):
+        count = (total if rep else warm) // chunk
+        t0 = clock()
+        for _ in range(count):
+            await send(message)
+        await ack()
+        out.append(clock() - t0)
+    return out[1:]
+
+
 class _AsyncStreams:
     """Any async byte stream pair given as ``send(bytes)`` / ``receive(max)``.
 
@@ -239,18 +289,13 @@ class _AsyncStreams:
             await send(data)
 
     async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
-        send, receive, clock = self.send, self.receive, time.perf_counter_ns
-        payload = bytes(chunk)
-        out: list[int] = []
-        for rep in range(reps + 1):  # the first one, shorter, warms up
-            count = (total if rep else warm) // chunk
-            t0 = clock()
-            for _ in range(count):
-                await send(payload)
-            if not await receive(1):
-                raise _PeerGone
-            out.append(clock() - t0)
-        return out[1:]
+        return await _transfers(
+            self.send, self._ack, bytes(chunk), chunk, total, warm, reps
+        )
+
+    async def _ack(self) -> None:
+        if not await self.receive(1):
+            raise _PeerGone
 
     async def sink(
         self, chunk: int, total: int, warm: int, reps: int, read: int
@@ -552,23 +597,45 @@ class _RawFds:
         return _pipe_capacity(self.tx)
 
 
-class _Messages:
-    """A message transport given as blocking ``send(bytes)`` / ``recv() -> bytes``:
-    ``multiprocessing.Pipe`` (send_bytes/recv_bytes), the queues, pyzmq.
+class _MessageTransport:
+    """What the message transports share: ``send(message)`` / ``receive() ->
+    message`` (blocking or async), and what they send.
 
-    Every ``recv`` returns one whole message; the peer of a transfer counts the
-    bytes of the messages it receives.
+    Every receive returns one whole message, so the peer of a transfer counts
+    messages (``total // chunk``), not bytes. ``payload`` is what every
+    message of the round trips and transfers carries: ``None`` for bytes (the
+    8-byte round-trip message, ``chunk`` bytes in a transfer), or the object
+    rows' ``OBJECT``.
     """
 
     def __init__(
-        self, send: Callable[[bytes], object], recv: Callable[[], bytes]
+        self,
+        send: Callable[[Any], Any],
+        receive: Callable[[], Any],
+        payload: object = None,
     ) -> None:
         self.send = send
-        self.recv = recv
+        self.receive = receive
+        self.ping: object = _MSG if payload is None else payload
+        self.payload = payload
+
+    def message(self, chunk: int) -> object:
+        return bytes(chunk) if self.payload is None else self.payload
+
+    def set_capacity(self, size: int) -> int:
+        raise NotImplementedError
+
+    def capacity(self) -> int | None:
+        return None
+
+
+class _Messages(_MessageTransport):
+    """A blocking message transport: ``multiprocessing.Pipe`` (send_bytes /
+    recv_bytes, or send / recv of objects), the queues, pyzmq."""
 
     def rtt(self, warmup: int, n: int) -> list[int]:
-        send, recv, clock = self.send, self.recv, time.perf_counter_ns
-        msg = _MSG
+        send, recv, clock = self.send, self.receive, time.perf_counter_ns
+        msg = self.ping
         out: list[int] = []
         for _ in range(warmup + n):
             t0 = clock()
@@ -578,36 +645,64 @@ class _Messages:
         return out[warmup:]
 
     def echo(self, count: int) -> None:
-        send, recv = self.send, self.recv
+        send, recv = self.send, self.receive
         for _ in range(count):
             send(recv())
 
     def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
-        send, recv, clock = self.send, self.recv, time.perf_counter_ns
-        payload = bytes(chunk)
+        send, recv, clock = self.send, self.receive, time.perf_counter_ns
+        message = self.message(chunk)
         out: list[int] = []
         for rep in range(reps + 1):
             count = (total if rep else warm) // chunk
             t0 = clock()
             for _ in range(count):
-                send(payload)
+                send(message)
             recv()
             out.append(clock() - t0)
         return out[1:]
 
     def sink(self, chunk: int, total: int, warm: int, reps: int, read: int) -> None:
-        send, recv = self.send, self.recv
+        send, recv = self.send, self.receive
         for rep in range(reps + 1):
-            got, want = 0, total if rep else warm
-            while got < want:
-                got += len(recv())
+            for _ in range((total if rep else warm) // chunk):
+                recv()
             send(_ACK)
 
-    def set_capacity(self, size: int) -> int:
-        raise NotImplementedError
 
-    def capacity(self) -> int | None:
-        return None
+class _AsyncMessages(_MessageTransport):
+    """An async message transport: aipc UNIX seqpacket sockets, object
+    channels, zmq.asyncio; the same loops as ``_Messages``, awaited."""
+
+    async def rtt(self, warmup: int, n: int) -> list[int]:
+        send, receive, clock = self.send, self.receive, time.perf_counter_ns
+        msg = self.ping
+        out: list[int] = []
+        for _ in range(warmup + n):
+            t0 = clock()
+            await send(msg)
+            await receive()
+            out.append(clock() - t0)
+        return out[warmup:]
+
+    async def echo(self, count: int) -> None:
+        send, receive = self.send, self.receive
+        for _ in range(count):
+            await send(await receive())
+
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        return await _transfers(
+            self.send, self.receive, self.message(chunk), chunk, total, warm, reps
+        )
+
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None:
+        send, receive = self.send, self.receive
+        for rep in range(reps + 1):
+            for _ in range((total if rep else warm) // chunk):
+                await receive()
+            await send(_ACK)
 
 
 # --------------------------------------------------------------------------
@@ -747,10 +842,90 @@ async def _aipc_main(ctx: _Ctx) -> None:
         rx = aipc.PipeReceiveStream.from_fd(ctx.rx)
         tx = aipc.PipeSendStream.from_fd(ctx.tx)
     async with rx, tx:
+        if family == "channel-pipe":
+            # the channels own the pipes; closing the pipes is enough
+            sender, receiver = aipc.create_channel(tx), aipc.create_channel(rx)
+            await _walk_async(
+                ctx, _AsyncMessages(sender.send, receiver.receive, OBJECT)
+            )
+            return
         transport = _AsyncStreams(
             tx.send, rx.receive, tx.fileno(), set_capacity=tx.set_capacity
         )
         await _walk_async(ctx, transport)
+
+
+async def _connected(
+    ctx: _Ctx,
+    listen: Callable[[str], Awaitable[_Accepting[_T]]],
+    connect: Callable[[str], Awaitable[_T]],
+) -> _T:
+    """A connected socket of the socket rows: the peer listens on the row's
+    address (an abstract name, so nothing is left behind), says it is ready
+    and accepts; the driver connects once it has heard so."""
+    if ctx.driver:
+        ctx.handshake()
+        return await connect(ctx.tx)
+    listener = await listen(ctx.rx)
+    try:
+        ctx.handshake()
+        return await listener.accept()
+    finally:
+        await listener.aclose()
+
+
+async def _aipc_socket_main(ctx: _Ctx) -> None:
+    """aipc UNIX stream and seqpacket sockets, and a channel over a stream."""
+    import aipc
+
+    ctx.hello(_running_loop_name())
+    family = ctx.spec["family"]
+    if family == "seqpacket":
+
+        async def listen_packets(
+            address: str,
+        ) -> aipc.UnixListener[aipc.UnixSeqpacketStream]:
+            return aipc.create_unix_listener(address, kind="seqpacket")
+
+        packets = await _connected(ctx, listen_packets, aipc.connect_unix_seqpacket)
+        async with packets:
+            await _walk_async(ctx, _AsyncMessages(packets.send, packets.receive))
+        return
+
+    async def listen(address: str) -> aipc.UnixListener[aipc.UnixStream]:
+        return aipc.create_unix_listener(address)
+
+    stream = await _connected(ctx, listen, aipc.connect_unix_stream)
+    async with stream:
+        if family == "channel":
+            channel = aipc.create_channel(stream)  # it owns the stream
+            t: _AsyncTransport = _AsyncMessages(channel.send, channel.receive, OBJECT)
+        else:
+            t = _AsyncStreams(stream.send, stream.receive, None)
+        await _walk_async(ctx, t)
+
+
+async def _anyio_socket_main(ctx: _Ctx) -> None:
+    """anyio's UNIX stream or seqpacket socket streams."""
+    import anyio
+
+    ctx.hello(_running_loop_name())
+    listen: Callable[[str], Awaitable[_Accepting[Any]]]
+    connect: Callable[[str], Awaitable[UNIXSocketStream]]
+    if ctx.spec["family"] == "anyio-seqpacket":
+        listen = partial(anyio.create_unix_listener, kind=socket.SOCK_SEQPACKET)
+        connect = partial(anyio.connect_unix, kind=socket.SOCK_SEQPACKET)
+    else:
+        listen, connect = anyio.create_unix_listener, anyio.connect_unix
+    stream = await _connected(ctx, listen, connect)
+    async with stream:
+        if ctx.spec["family"] == "anyio-seqpacket":
+            # one message per receive: the largest the rows send
+            receive = partial(stream.receive, 65536)
+            t: _AsyncTransport = _AsyncMessages(stream.send, receive)
+        else:
+            t = _AsyncStreams(stream.send, stream.receive, None)
+        await _walk_async(ctx, t)
 
 
 async def _aipc_mqueue_main(ctx: _Ctx) -> None:
@@ -918,22 +1093,65 @@ def _queues_main(ctx: _Ctx) -> None:
     _walk_sync(ctx, _Messages(out.put, recv))
 
 
+def _msgpack() -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    """msgspec's msgpack encode and decode, as the object peers use them."""
+    import msgspec
+
+    return msgspec.msgpack.Encoder().encode, msgspec.msgpack.Decoder().decode
+
+
+def _zmq_attach(ctx: _Ctx, sock: Any) -> None:
+    """The PAIR socket's address: the peer binds, the driver connects."""
+    if ctx.driver:
+        sock.connect(ctx.tx)
+    else:
+        sock.bind(ctx.rx)
+
+
 def _zmq_main(ctx: _Ctx) -> None:
-    """A PAIR socket over ipc://: the peer binds, the driver connects."""
+    """A PAIR socket over ipc://, sync API: bytes, or (zmq-obj) objects
+    encoded with msgpack."""
     import zmq
 
     context = zmq.Context()
     sock = context.socket(zmq.PAIR)
     try:
-        if ctx.driver:
-            sock.connect(ctx.tx)
+        _zmq_attach(ctx, sock)
+        if ctx.spec["family"] == "zmq-obj":
+            encode, decode = _msgpack()
+            send, recv = sock.send, sock.recv
+            t = _Messages(lambda obj: send(encode(obj)), lambda: decode(recv()), OBJECT)
         else:
-            sock.bind(ctx.rx)
-        _walk_sync(ctx, _Messages(sock.send, sock.recv))
+            t = _Messages(sock.send, sock.recv)
+        _walk_sync(ctx, t)
     finally:
         # a bounded linger: the last echo or acknowledgement must still leave,
         # but a dead partner must not keep this process alive
         sock.close(linger=1000)
+        context.term()
+
+
+async def _zmq_asyncio_main(ctx: _Ctx) -> None:
+    """The zmq-obj row with zmq.asyncio sockets."""
+    import zmq
+    import zmq.asyncio
+
+    ctx.hello(_running_loop_name())
+    context = zmq.asyncio.Context()
+    sock = context.socket(zmq.PAIR)
+    encode, decode = _msgpack()
+
+    async def send(obj: object) -> None:
+        await sock.send(encode(obj))
+
+    async def receive() -> Any:
+        return decode(await sock.recv())
+
+    try:
+        _zmq_attach(ctx, sock)
+        await _walk_async(ctx, _AsyncMessages(send, receive, OBJECT))
+    finally:
+        sock.close(linger=1000)  # see _zmq_main
         context.term()
 
 
@@ -961,8 +1179,14 @@ def _anyio_run(main: Callable[[_Ctx], Awaitable[None]], ctx: _Ctx, loop: str) ->
 
 def _run(ctx: _Ctx) -> None:
     family, loop = ctx.spec["family"], ctx.spec["loop"]
-    if family in ("pipe", "fifo", "eventfd"):
+    if family in ("pipe", "fifo", "eventfd", "channel-pipe"):
         _anyio_run(_aipc_main, ctx, loop)
+    elif family in ("unix", "seqpacket", "channel"):
+        _anyio_run(_aipc_socket_main, ctx, loop)
+    elif family in ("anyio-unix", "anyio-seqpacket"):
+        _anyio_run(_anyio_socket_main, ctx, loop)
+    elif family == "zmq-asyncio":
+        _anyio_run(_zmq_asyncio_main, ctx, loop)
     elif family == "signal":
         _anyio_run(_aipc_signal_main, ctx, loop)
     elif family == "anyio-signal":
@@ -990,14 +1214,17 @@ def _run(ctx: _Ctx) -> None:
         finally:
             os.close(ctx.tx)
             os.close(ctx.rx)
-    elif family == "mp":
+    elif family in ("mp", "mp-obj"):
         ctx.hello("blocking")
         with Connection(ctx.tx) as conn:  # tx and rx are the same socket
-            _walk_sync(ctx, _Messages(conn.send_bytes, conn.recv_bytes))
+            if family == "mp-obj":
+                _walk_sync(ctx, _Messages(conn.send, conn.recv, OBJECT))
+            else:
+                _walk_sync(ctx, _Messages(conn.send_bytes, conn.recv_bytes))
     elif family in ("mp-queue", "faster-fifo"):
         ctx.hello("blocking")
         _queues_main(ctx)
-    elif family == "zmq":
+    elif family in ("zmq", "zmq-obj"):
         ctx.hello("blocking")
         _zmq_main(ctx)
     else:

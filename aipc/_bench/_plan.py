@@ -20,11 +20,16 @@ driver starts each block when the orchestrator says so:
 - ``rtt``: round trips of 8-byte messages (the peer echoes them); on the
   signal rows, one signal each way; on the hand-off rows (locks, semaphores)
   one hand-off each way, reported per hand-off (half a round trip).
+
+The *object* rows (aipc's object channels and the peers they are compared
+with) send one Python object in every message instead of bytes: ``OBJECT``,
+a dict whose msgpack encoding is ``MSG_SIZE`` bytes, in the msgs/s phase and
+in the round trips.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "DEFAULT_CAPACITY",
     "MECHANISMS",
     "MSG_SIZE",
+    "OBJECT",
     "RAISED_CAPACITY",
     "Config",
     "Mechanism",
@@ -53,6 +59,17 @@ CHUNKS = (64 * KIB, MIB)
 
 #: The size of the messages of the msgs/s column.
 MSG_SIZE = 64
+
+#: What the object rows send: its msgpack encoding is MSG_SIZE bytes (pickle's,
+#: multiprocessing's, is 95).
+OBJECT = {
+    "seq": 123456,
+    "kind": "quote",
+    "sym": "ACME",
+    "bid": 101.25,
+    "ask": 101.5,
+    "size": 300,
+}
 
 #: The most a byte-stream peer reads at once in the msgs/s phase.
 MSG_READ = 64 * KIB
@@ -85,7 +102,8 @@ class Mechanism:
     ``family`` selects the code in ``_child``; ``loop`` is the fixed event loop
     of a peer (``"blocking"`` for peers without a loop), or ``None`` for rows
     that run on each backend chosen with ``--backend``: the aipc rows, and
-    peers written with anyio. ``throughput`` selects the GB/s columns, ``msgs``
+    peers written with anyio. ``throughput`` selects the GB/s columns, of the
+    chunk sizes in ``chunks`` (a seqpacket message cannot be 1 MiB), ``msgs``
     the msgs/s column, ``capacity`` the "(1 MiB capacity)" rows; ``requires``
     names the modules a peer needs (skipped without them). ``reference`` is the
     key of the peer an aipc row's ratios compare with, on the same backend
@@ -115,7 +133,27 @@ class Mechanism:
     round_every: int = 1
     divisor: int = 1
     handoff: bool = False
+    chunks: tuple[int, ...] = CHUNKS
 
+
+#: The object channel over a UNIX stream (also over pipes, below).
+_CHANNEL = Mechanism(
+    "channel",
+    "aipc channel (UNIX stream)",
+    "channel",
+    aipc=True,
+    loop=None,
+    throughput=False,
+    msgs=True,
+    capacity=False,
+    requires=("msgspec",),
+    reference="zmq-asyncio",
+    round_every=2,
+    divisor=2,
+    note="aipc.create_channel(stream) over an aipc UNIX stream, default "
+    "MsgpackCodec: each message one 64-byte object, 68 bytes framed; "
+    "ratio: ÷ pyzmq objects (zmq.asyncio) on the same backend (none on trio)",
+)
 
 MECHANISMS: tuple[Mechanism, ...] = (
     Mechanism(
@@ -229,6 +267,46 @@ MECHANISMS: tuple[Mechanism, ...] = (
         "acquire(), half a ping-pong over two named semaphores (initial value 0)",
     ),
     Mechanism(
+        "unix",
+        "aipc UNIX stream",
+        "unix",
+        aipc=True,
+        loop=None,
+        throughput=True,
+        msgs=True,
+        capacity=False,
+        reference="anyio-unix",
+        round_every=2,
+        note="the peer listens with aipc.create_unix_listener (an abstract "
+        "name), the driver connects with aipc.connect_unix_stream; ratio: ÷ "
+        "anyio UNIX stream on the same backend and placement",
+    ),
+    Mechanism(
+        "seqpacket",
+        "aipc UNIX seqpacket",
+        "seqpacket",
+        aipc=True,
+        loop=None,
+        throughput=True,
+        msgs=True,
+        capacity=False,
+        reference="anyio-seqpacket",
+        chunks=(64 * KIB,),
+        round_every=2,
+        note="create_unix_listener(kind='seqpacket') / connect_unix_seqpacket; "
+        "one message per send and receive, so no 1 MiB column (a message must "
+        "fit the socket buffer); ratio: ÷ anyio UNIX seqpacket",
+    ),
+    _CHANNEL,
+    replace(
+        _CHANNEL,
+        key="channel-pipe",
+        label="aipc channel (pipe)",
+        family="channel-pipe",
+        note="the same over two aipc pipes (a ChannelSender and a "
+        "ChannelReceiver in each process)",
+    ),
+    Mechanism(
         "raw",
         "os.read/os.write, blocking pipe",
         "raw",
@@ -249,6 +327,19 @@ MECHANISMS: tuple[Mechanism, ...] = (
         msgs=True,
         capacity=False,
         note="send_bytes/recv_bytes on a socketpair (no pipe capacity to raise)",
+    ),
+    Mechanism(
+        "mp-obj",
+        "multiprocessing.Pipe objects",
+        "mp-obj",
+        aipc=False,
+        loop="blocking",
+        throughput=False,
+        msgs=True,
+        capacity=False,
+        round_every=2,
+        divisor=2,
+        note="send/recv of the object rows' dict (pickled: 95 bytes)",
     ),
     Mechanism(
         "mp-queue",
@@ -284,6 +375,21 @@ MECHANISMS: tuple[Mechanism, ...] = (
         capacity=False,
         requires=("zmq",),
         note="send/recv on a PAIR socket pair (sync API) over a Unix socket",
+    ),
+    Mechanism(
+        "zmq-obj",
+        "pyzmq PAIR ipc:// objects",
+        "zmq-obj",
+        aipc=False,
+        loop="blocking",
+        throughput=False,
+        msgs=True,
+        capacity=False,
+        requires=("zmq", "msgspec"),
+        round_every=2,
+        divisor=2,
+        note="the object rows' dict encoded with msgspec.msgpack, send/recv "
+        "(sync API) on a PAIR socket pair",
     ),
     Mechanism(
         "asyncio-pipe",
@@ -332,6 +438,48 @@ MECHANISMS: tuple[Mechanism, ...] = (
         round_every=2,
         note="os.kill + anyio.open_signal_receiver ping-pong (SIGUSR1 to the peer, "
         "SIGUSR2 back), on the backend(s) of the aipc rows",
+    ),
+    Mechanism(
+        "anyio-unix",
+        "anyio UNIX stream",
+        "anyio-unix",
+        aipc=False,
+        loop=None,
+        throughput=True,
+        msgs=True,
+        capacity=False,
+        round_every=2,
+        note="anyio.create_unix_listener / anyio.connect_unix, on the backend(s) "
+        "of the aipc rows",
+    ),
+    Mechanism(
+        "anyio-seqpacket",
+        "anyio UNIX seqpacket",
+        "anyio-seqpacket",
+        aipc=False,
+        loop=None,
+        throughput=True,
+        msgs=True,
+        capacity=False,
+        chunks=(64 * KIB,),
+        round_every=2,
+        note="the same with kind=SOCK_SEQPACKET; receive(65536) returns one message",
+    ),
+    Mechanism(
+        "zmq-asyncio",
+        "pyzmq PAIR ipc:// objects (zmq.asyncio)",
+        "zmq-asyncio",
+        aipc=False,
+        loop=None,
+        throughput=False,
+        msgs=True,
+        capacity=False,
+        backends=("asyncio", "uvloop"),
+        requires=("zmq", "msgspec"),
+        round_every=2,
+        divisor=4,
+        note="the pyzmq objects row with zmq.asyncio sockets (await send / await "
+        "recv), on asyncio and uvloop (the aipc rows' backends)",
     ),
     Mechanism(
         "filelock",
@@ -492,7 +640,7 @@ def build_blocks(
                 )
 
             def throughput(variant: str) -> None:
-                for chunk in CHUNKS:
+                for chunk in mech.chunks:
                     total = config.tput_bytes[chunk] // chunk * chunk
                     op = {
                         "op": "tput",

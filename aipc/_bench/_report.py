@@ -317,7 +317,8 @@ def format_table(
         "signal rows: one signal each way;",
         "  hand-off rows (locks, semaphore): release() in one process to the "
         "other's waiting acquire() returning,",
-        "  half of a ping-pong's round trip.",
+        "  half of a ping-pong's round trip. Object rows (channels, *objects*): "
+        f"one {MSG_SIZE}-byte msgpack object each way.",
         "GB/s: one-way, 10^9 bytes/s, chunks of 64 KiB / 1 MiB, timed from the "
         "first send to the peer's acknowledgement",
         "  (median of repetitions).",
@@ -325,8 +326,10 @@ def format_table(
         "same way. Byte streams (aipc, pipes,",
         "  asyncio, trio) keep no message boundaries: their peer counts bytes, "
         "reading whatever has arrived;",
-        "  aipc POSIX mqueue, multiprocessing, faster_fifo and pyzmq deliver "
-        "one message per receive call.",
+        "  seqpacket sockets, aipc POSIX mqueue, multiprocessing, faster_fifo and "
+        "pyzmq deliver one message per receive",
+        "  call; object rows send a dict whose msgpack encoding is "
+        f"{MSG_SIZE} bytes, and receive and decode each one.",
         f"Each row: {machine['rounds']} round(s) per placement, interleaved with the "
         "other rows' rounds; statistics over all of them.",
         "vs loop peer: aipc ÷ the same loop's own pipe streams in the same "
@@ -335,6 +338,8 @@ def format_table(
         "rtt: < 1 is faster, GB/s, msgs/s: > 1 is faster.",
         "  aipc signal ÷ anyio signal receiver, aipc POSIX mqueue ÷ aipc pipe, "
         "aipc FileLock ÷ filelock (asyncio),",
+        "  aipc UNIX stream and seqpacket ÷ anyio's, aipc channels ÷ pyzmq objects "
+        "(zmq.asyncio; asyncio, uvloop),",
         "  each on the same backend and placement; the semaphore row has no ratio.",
         f"(1 MiB capacity): F_SETPIPE_SZ {RAISED_CAPACITY} on the data pipe; "
         "other pipe rows use the default 64 KiB.",
@@ -410,6 +415,7 @@ def machine_info(placements: list[Placement], rounds: int) -> dict[str, Any]:
                 "pyzmq",
                 "faster-fifo",
                 "filelock",
+                "msgspec",
             )
             if (v := _version(name)) is not None
         },

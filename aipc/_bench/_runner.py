@@ -6,7 +6,8 @@ The orchestrator measures nothing itself. For every group it creates the kernel
 objects (pipes, eventfds, FIFOs and lock files in a private temporary
 directory, the queues of the queue peers, POSIX message queues and semaphores
 under names that carry its pid, unlinked when the group ends, failed or not;
-pyzmq's peer binds its socket file in that directory), starts the
+pyzmq's peer binds its socket file in that directory; the UNIX socket rows'
+peer listens on an abstract name that carries its pid), starts the
 peer and the driver with ``subprocess.Popen(..., pass_fds=...)`` in sessions of
 their own (so that Ctrl-C reaches only this process, which then kills them) and
 closes its own copies of the descriptors (so that each side sees end of stream
@@ -53,6 +54,9 @@ from ._plan import (
 __all__ = ["run"]
 
 _CHILD = "aipc._bench._child"
+
+#: The families whose peer listens on a UNIX socket and whose driver connects.
+_SOCKET_FAMILIES = ("unix", "seqpacket", "channel", "anyio-unix", "anyio-seqpacket")
 
 
 @dataclass
@@ -350,14 +354,20 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
             res.pass_driver += fds
             res.pass_peer += fds
             return res
-        if family == "zmq":
+        if family in _SOCKET_FAMILIES:
+            # an abstract name: no file, gone with the last socket that has it
+            address = f"\0aipc-bench-{os.getpid()}-{index}"
+            res.driver.update(tx=address, rx=address)
+            res.peer.update(tx=address, rx=address)
+            return res
+        if family in ("zmq", "zmq-obj", "zmq-asyncio"):
             path = os.path.join(tmp, f"{index}-zmq.sock")
             res.on_remove(lambda: _unlink_if_present(path))
             address = f"ipc://{path}"
             res.driver.update(tx=address, rx=address)
             res.peer.update(tx=address, rx=address)
             return res
-        if family == "mp":
+        if family in ("mp", "mp-obj"):
             c1, c2 = multiprocessing.Pipe()
             res.on_close(c1.close)
             res.on_close(c2.close)
@@ -373,7 +383,7 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
             res.on_close(e2.close)
             a_w = a_r = e1.fileno()
             b_w = b_r = e2.fileno()
-        elif family == "pipe":
+        elif family in ("pipe", "channel-pipe"):
             ra, wa = aipc.create_pipe()
             res.on_close(ra.close)
             res.on_close(wa.close)
