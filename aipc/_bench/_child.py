@@ -944,8 +944,11 @@ async def _aipc_mqueue_main(ctx: _Ctx) -> None:
     async with rx, tx:
         receive_message = rx.receive
 
-        async def receive(_: int) -> bytes:
-            return await receive_message()
+        def receive(_: int) -> Awaitable[bytes]:
+            # hands back rx.receive()'s own coroutine: no coroutine layer of
+            # its own per message (about 0.5 µs), as the pipe row, which calls
+            # rx.receive directly, has none
+            return receive_message()
 
         await _walk_async(ctx, _AsyncStreams(tx.send, receive, None))
 
