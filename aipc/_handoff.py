@@ -90,6 +90,7 @@ _KINDS: dict[str, _Kind] = {
     "fifo-send": _Kind("._fifos", "FifoSendStream", 1, _rebuild_fifo_send),
     "eventfd": _Kind("._eventfd", "EventFd", 1, _rebuild_eventfd),
     "process": _Kind("._process", "Process", 1, _rebuild_process),
+    "shm": _Kind("._shm", "SharedMemory", 1, _rebuild_fd),
     "unix-stream": _Kind("._sockets", "UnixStream", 1, _rebuild_fd),
     "unix-seqpacket": _Kind(
         "._sockets", "UnixSeqpacketStream", 1, _rebuild_message_socket

@@ -135,14 +135,15 @@ def _sysv_keys(kind: str) -> set[int]:
 
 
 def _posix_semaphores() -> set[str]:
-    marker = f"sem.aipc-test-{os.getpid()}-"
-    return {name for name in os.listdir("/dev/shm") if name.startswith(marker)}
+    """This run's POSIX semaphores and shared memory segments in /dev/shm."""
+    markers = (f"sem.aipc-test-{os.getpid()}-", f"aipc-test-{os.getpid()}-")
+    return {name for name in os.listdir("/dev/shm") if name.startswith(markers)}
 
 
 @pytest.fixture(autouse=True)
 def no_ipc_leaks() -> Iterator[None]:
-    """Fail the test if it leaves a POSIX named semaphore or a SysV semaphore
-    or message queue of this run behind."""
+    """Fail the test if it leaves a POSIX named semaphore, a shared memory
+    segment, or a SysV semaphore or message queue of this run behind."""
     before = (_sysv_keys("sem"), _sysv_keys("msg"), _posix_semaphores())
     yield
     sems, queues, names = (
@@ -152,7 +153,19 @@ def no_ipc_leaks() -> Iterator[None]:
     )
     assert not sems, f"test left SysV semaphores behind: keys {sorted(sems)}"
     assert not queues, f"test left SysV message queues behind: keys {sorted(queues)}"
-    assert not names, f"test left POSIX semaphores behind: {sorted(names)}"
+    assert not names, f"test left /dev/shm objects behind: {sorted(names)}"
+
+
+@pytest.fixture
+def shm_name() -> Callable[[], str]:
+    """A function returning a fresh shared memory name of this run (see
+    no_ipc_leaks)."""
+    counter = iter(range(1_000_000))
+
+    def fresh() -> str:
+        return f"/aipc-test-{os.getpid()}-shm-{next(counter)}-{os.urandom(3).hex()}"
+
+    return fresh
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ Kinds, and what ``name``, ``dev`` and ``inode`` hold for each:
   ``dev``/``inode`` the file's. ``aipc clean`` removes it only if, besides
   its owner being dead, nobody listens on it (a passed listening socket may
   outlive its creator).
+- ``"shm"``: ``name`` the POSIX shared memory name (``"/frames"``);
+  ``dev``/``inode`` those of its file, ``/dev/shm/<name without the slash>``.
 - ``"sysv-semaphore"`` and ``"sysv-message-queue"``: ``name`` the key as 8 hex
   digits (``"0x4a5b0001"``, the key taken as unsigned, as ``ipcs`` shows it);
   ``dev`` the same key as an unsigned int and ``inode`` the kernel's id
@@ -229,6 +231,24 @@ def _posix_semaphore_identity(name: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _shm_identity(name: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(os.path.join(_SHM_DIR, name[1:]))
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _probe_shm(obj: NamedObject) -> bool:
+    return _shm_identity(obj.name) == (obj.dev, obj.inode)
+
+
+def _remove_shm(obj: NamedObject) -> None:
+    if _probe_shm(obj):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(_SHM_DIR, obj.name[1:]))
+
+
 def _probe_posix_semaphore(obj: NamedObject) -> bool:
     return _posix_semaphore_identity(obj.name) == (obj.dev, obj.inode)
 
@@ -292,6 +312,7 @@ _PROBES: dict[str, Callable[[NamedObject], bool]] = {
     "unix-socket": _probe_path,
     "mqueue": _probe_mqueue,
     "posix-semaphore": _probe_posix_semaphore,
+    "shm": _probe_shm,
     "sysv-semaphore": _probe_sysv,
     "sysv-message-queue": _probe_sysv,
 }
@@ -300,6 +321,7 @@ _REMOVERS: dict[str, Callable[[NamedObject], None]] = {
     "unix-socket": _remove_unix_socket,
     "mqueue": _remove_mqueue,
     "posix-semaphore": _remove_posix_semaphore,
+    "shm": _remove_shm,
     "sysv-semaphore": _remove_sysv,
     "sysv-message-queue": _remove_sysv,
 }
