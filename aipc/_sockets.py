@@ -122,6 +122,8 @@ _DONTWAIT = socket.MSG_DONTWAIT
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _RECV_FLAGS = socket.MSG_DONTWAIT | socket.MSG_TRUNC
 _UCRED = struct.Struct("iII")  # pid_t, uid_t, gid_t
+#: SO_PEERCRED's uid and gid when the kernel recorded no peer: (uid_t)-1
+_NO_ID = 0xFFFFFFFF
 _KINDS = {
     "stream": socket.SOCK_STREAM,
     "seqpacket": socket.SOCK_SEQPACKET,
@@ -438,13 +440,19 @@ class _Socket:
         still this socket's file."""
         if self._handle.closed:
             return
-        self._handle.close()
-        self._close_pending()
-        if self._pidfd is not None:
-            self._pidfd.close()
-        if self._bound is not None:
-            bound, self._bound = self._bound, None
-            bound.release()
+        # The path goes first, while the open socket still holds its inode:
+        # once the socket is closed, the number of an inode unlinked behind
+        # our back is free, and a new file at the path may get it at once,
+        # which the (device, inode) comparison would take for ours.
+        bound, self._bound = self._bound, None
+        try:
+            if bound is not None:
+                bound.release()
+        finally:
+            self._handle.close()
+            self._close_pending()
+            if self._pidfd is not None:
+                self._pidfd.close()
 
     async def aclose(self) -> None:
         """Close the socket (idempotent, also when cancelled); see :meth:`close`."""
@@ -469,10 +477,19 @@ class _Socket:
     def peer_credentials(self) -> PeerCredentials:
         """The peer's pid, uid and gid (``SO_PEERCRED``).
 
-        Raises ``OSError`` (``ENOTCONN``) on a socket that is not connected.
+        Raises ``OSError`` (``ENOTCONN``) when the kernel recorded no peer: a
+        socket that is not connected, or a datagram socket connected with
+        ``connect()`` (only :func:`create_unix_socket_pair` gives datagram
+        sockets peer credentials).
         """
-        data = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        return PeerCredentials(*_UCRED.unpack(data))
+        creds = _peer_ucred(self._sock)
+        if creds is None:
+            raise OSError(
+                errno.ENOTCONN,
+                f"the kernel recorded no peer credentials for this {self._what} "
+                "(not connected, or a datagram socket connected with connect())",
+            )
+        return creds
 
     def _peer_pidfd(self) -> int:
         if self._pidfd is None or self._pidfd.closed:
@@ -510,7 +527,9 @@ class _Socket:
         except OSError:
             return attributes
         attributes[SocketAttribute.remote_address] = lambda: peer
-        if sock.type != socket.SOCK_DGRAM or peer:
+        # a datagram socket has a peer's credentials only from socketpair()
+        # (whose peer has no name); connect() records none
+        if sock.type != socket.SOCK_DGRAM or _peer_ucred(sock) is not None:
             attributes.update(
                 {
                     UnixSocketAttribute.peer_credentials: self.peer_credentials,
@@ -535,6 +554,15 @@ class _Socket:
 
     def _handoff_fds(self) -> tuple[int]:
         return (self._handle.fileno(),)
+
+
+def _peer_ucred(sock: socket.socket) -> PeerCredentials | None:
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    creds = PeerCredentials(*_UCRED.unpack(data))
+    # with no peer recorded the kernel says pid 0, uid and gid (uid_t)-1; a
+    # real peer the caller's user namespace cannot map shows the overflow
+    # uid (65534) instead, so -1 means "none"
+    return None if creds.uid == _NO_ID and creds.gid == _NO_ID else creds
 
 
 def _get_peer_pidfd(sock: socket.socket) -> int:
@@ -577,6 +605,8 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
             handle, write=lambda fd, data: send(data, _SEND_FLAGS)
         )
         self._pending_fds: list[ReceivedFd] = []
+        self._eof_sent = False
+        self._writable_waiters = 0
 
     @classmethod
     def from_fd(cls, fd: int) -> Self:
@@ -593,13 +623,19 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
 
         Raises:
             BrokenResourceError: the peer closed or shut down its receiving side.
-            ClosedResourceError: this socket was closed.
+            ClosedResourceError: this socket was closed, or :meth:`send_eof`
+                was called.
             BusyResourceError: another task is already sending.
 
         **Cancellation:** a send cancelled before it returns wrote nothing if
         ``item`` fit into the socket buffer at once; a larger one may have
         written a prefix (``statistics().bytes_sent`` counts exactly what).
         """
+        if self._eof_sent:
+            # the kernel would say EPIPE, as for a peer that is gone; anyio and
+            # trio streams say "closed" for a direction this side ended
+            await checkpoint()
+            raise anyio.ClosedResourceError("cannot send after send_eof()")
         await self._sender.send(item)
 
     def _send_some(self, data: bytes | bytearray | memoryview) -> Awaitable[int]:
@@ -608,10 +644,16 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
 
     async def send_eof(self) -> None:
         """Shut down the sending direction: the peer reads to the end, then
-        gets ``EndOfStream``; this side can still receive."""
+        gets ``EndOfStream``; this side can still receive, and a later
+        :meth:`send` raises ``ClosedResourceError``. Calling it again does
+        nothing. Raises ``BusyResourceError`` while another task sends or
+        waits in :meth:`wait_writable`."""
+        if self._sender._sending or self._writable_waiters:
+            raise anyio.BusyResourceError("sending to")
         await checkpoint()
         if self._handle.closed:
             raise anyio.ClosedResourceError
+        self._eof_sent = True
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -623,7 +665,11 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
 
         **Cancellation:** nothing to undo.
         """
-        await self._sender.wait_writable()
+        self._writable_waiters += 1
+        try:
+            await self._sender.wait_writable()
+        finally:
+            self._writable_waiters -= 1
 
     # -- descriptor passing
 
@@ -855,9 +901,7 @@ class _MessageSocket(_Socket, Generic[_M]):
     def _setup_messages(
         self, sock: socket.socket, bound: _BoundPath | None, max_size: int
     ) -> None:
-        max_size = check_int("max_size", max_size)
-        if max_size < 1:
-            raise ValueError(f"max_size must be at least 1, got {max_size}")
+        max_size = _check_max_size(max_size)
         self._setup(sock, bound)
         self._max_size = max_size
         self._buffer = bytearray(max_size)
@@ -1023,17 +1067,24 @@ class _MessageSocket(_Socket, Generic[_M]):
     def _send_error(self, exc: OSError, size: int) -> BaseException:
         if exc.errno == errno.EMSGSIZE:
             sndbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            # the kernel refuses a message longer than SO_SNDBUF - 32
+            # (unix_dgram_sendmsg, also for seqpacket)
             return LimitExceededError(
                 "len(item)",
                 size,
-                sndbuf,
-                "the socket's send buffer (SO_SNDBUF, from net.core.wmem_default)",
+                sndbuf - 32,
+                "the largest message the socket's send buffer takes (SO_SNDBUF "
+                "less 32 bytes; SO_SNDBUF comes from net.core.wmem_default)",
                 "send smaller messages, or raise SO_SNDBUF (up to net.core.wmem_max)",
             )
-        if exc.errno == errno.ECONNREFUSED and self._sock.type == socket.SOCK_DGRAM:
-            return anyio.BrokenResourceError(
-                f"the peer of the {self._what} is gone (connection refused)"
-            )
+        # A connected datagram socket whose peer is gone: the first send gets
+        # ECONNREFUSED and the kernel drops the association, so later ones get
+        # ENOTCONN; both mean the same. (An unconnected socket's sendto gets
+        # ECONNREFUSED for that one address only: it stays usable.)
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOTCONN) and isinstance(
+            self, ConnectedUnixDatagramSocket
+        ):
+            return anyio.BrokenResourceError(f"the peer of the {self._what} is gone")
         return translate_os_error(exc, closed=self._handle.closed, what=self._what)
 
     def statistics(self) -> UnixSocketStatistics:
@@ -1091,12 +1142,13 @@ class UnixSeqpacketStream(_MessageSocket[bytes], ObjectStream[bytes]):
         max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self._setup_messages(sock, bound, max_size)
-        self._attempt = self._receive_attempt
+        self._eof_sent = False
 
     @classmethod
     def from_fd(cls, fd: int, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Self:
         """Take ownership of ``fd``, a connected AF_UNIX seqpacket socket (see
         :meth:`UnixStream.from_fd`)."""
+        _check_max_size(max_size)  # before the fd is wrapped: it stays the caller's
         return cls(
             _adopt_socket(fd, (socket.SOCK_SEQPACKET,), "a UNIX seqpacket socket"),
             max_size=max_size,
@@ -1123,7 +1175,10 @@ class UnixSeqpacketStream(_MessageSocket[bytes], ObjectStream[bytes]):
         **Cancellation:** nothing is lost: a message taken from the kernel by a
         cancelled receive is returned by the next one.
         """
-        item: Any = await self._receive_one(self._attempt)
+        # (no bound method kept on self: that cycle would leave an unclosed
+        # socket to the garbage collector, which may run socket.socket's own
+        # finalizer first, and that warns once more)
+        item: Any = await self._receive_one(self._receive_attempt)
         data: bytes = item if type(item) is bytes else _plain(item)
         if not data:
             raise anyio.EndOfStream
@@ -1136,7 +1191,8 @@ class UnixSeqpacketStream(_MessageSocket[bytes], ObjectStream[bytes]):
             ValueError: ``item`` is empty.
             LimitExceededError: ``item`` is larger than the send buffer.
             BrokenResourceError: the peer is gone.
-            ClosedResourceError: this socket was closed.
+            ClosedResourceError: this socket was closed, or :meth:`send_eof`
+                was called.
 
         **Cancellation:** a cancelled send sent nothing (a message goes whole
         or not at all).
@@ -1147,15 +1203,23 @@ class UnixSeqpacketStream(_MessageSocket[bytes], ObjectStream[bytes]):
                 "a seqpacket message must not be empty: the receiver could not "
                 "tell it from the end of the stream"
             )
+        if self._eof_sent:
+            await checkpoint()
+            raise anyio.ClosedResourceError("cannot send after send_eof()")
         send = self._sock.send
         await self._send_one(lambda: send(item, _SEND_FLAGS), size)
 
     async def send_eof(self) -> None:
         """Shut down the sending direction: the peer gets ``EndOfStream`` after
-        the messages already sent."""
+        the messages already sent, and a later :meth:`send` raises
+        ``ClosedResourceError``. ``BusyResourceError`` while another task
+        sends."""
+        if self._sending:
+            raise anyio.BusyResourceError("sending to")
         await checkpoint()
         if self._handle.closed:
             raise anyio.ClosedResourceError
+        self._eof_sent = True
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -1244,6 +1308,7 @@ class UnixDatagramSocket(
     def from_fd(cls, fd: int, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Self:
         """Take ownership of ``fd``, an AF_UNIX datagram socket (see
         :meth:`UnixStream.from_fd`)."""
+        _check_max_size(max_size)  # before the fd is wrapped: it stays the caller's
         return cls(
             _adopt_socket(fd, (socket.SOCK_DGRAM,), "a UNIX datagram socket"),
             max_size=max_size,
@@ -1366,6 +1431,7 @@ class ConnectedUnixDatagramSocket(_MessageSocket[bytes], UnreliableObjectStream[
     def from_fd(cls, fd: int, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Self:
         """Take ownership of ``fd``, a connected AF_UNIX datagram socket (see
         :meth:`UnixStream.from_fd`)."""
+        _check_max_size(max_size)  # before the fd is wrapped: it stays the caller's
         return cls(
             _adopt_socket(fd, (socket.SOCK_DGRAM,), "a UNIX datagram socket"),
             max_size=max_size,
@@ -1517,10 +1583,15 @@ class UnixListener(_Socket, Listener[_S], Generic[_S]):
         if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             sock.detach()
             raise ValueError(f"fd {fd} is a UNIX socket that is not listening")
+        try:
+            listener = UnixListener[Any](
+                sock, allow_uids=allow_uids, allow_gids=allow_gids, policy=policy
+            )
+        except BaseException:
+            sock.detach()  # a bad policy argument: the fd stays the caller's
+            raise
         _own_nonblocking(sock)
-        return UnixListener(
-            sock, allow_uids=allow_uids, allow_gids=allow_gids, policy=policy
-        )
+        return listener
 
     @property
     def path(self) -> Address:
@@ -1661,6 +1732,13 @@ def _own_nonblocking(sock: socket.socket) -> None:
     # a connection another acceptor takes first would block the event loop
     if os.get_blocking(sock.fileno()):
         os.set_blocking(sock.fileno(), False)
+
+
+def _check_max_size(max_size: object) -> int:
+    max_size = check_int("max_size", max_size)
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
+    return max_size
 
 
 def _check_backlog(backlog: object) -> int:
@@ -1813,7 +1891,7 @@ async def connect_unix_seqpacket(
 ) -> UnixSeqpacketStream:
     """Connect to the UNIX seqpacket socket at ``path``; see
     :func:`connect_unix_stream`. ``max_size`` bounds received messages."""
-    check_int("max_size", max_size)
+    _check_max_size(max_size)  # before connecting: a refused value leaves nothing
     return UnixSeqpacketStream(
         await _connect(_address(path), socket.SOCK_SEQPACKET), max_size=max_size
     )
@@ -1850,7 +1928,7 @@ def create_unix_datagram_socket(
     and reclaimed as :func:`create_unix_listener` does. ``max_size`` bounds
     received datagrams.
     """
-    check_int("max_size", max_size)
+    _check_max_size(max_size)
     sock, bound = _datagram_socket(local_path, mode, unlink_on_close)
     try:
         return UnixDatagramSocket(sock, bound, max_size=max_size)
@@ -1876,7 +1954,7 @@ def create_connected_unix_datagram_socket(
     bound at ``remote_path``.
     """
     remote = _address(remote_path, "remote_path")
-    check_int("max_size", max_size)
+    _check_max_size(max_size)
     sock, bound = _datagram_socket(local_path, mode, unlink_on_close)
     try:
         sock.connect(remote)
