@@ -530,14 +530,14 @@ class _ChannelBase(Generic[T]):
                 # the transport's receive is cancel-safe, and the chunk is
                 # stored before the next await: a cancelled receive loses nothing
                 chunk = await self._transport.receive(want)
+                if not chunk:  # a stream of your own that ends with b""
+                    raise anyio.EndOfStream
             except anyio.EndOfStream:
                 if have:
                     raise self._break(TruncatedFrameError(self._rneed, have)) from None
                 self._eof = True
                 raise
             yielded = True
-            if not chunk:
-                continue
             if pos == len(buf) and not self._rextra:
                 self._rbuf = chunk
                 self._rpos = 0
@@ -654,21 +654,26 @@ class ChannelSender(_ChannelBase[T], ObjectSendStream[T]):
             BusyResourceError: another task is already sending.
 
         **Cancellation:** a message is never half-sent. Exactly what happens
-        depends on the transport (see docs/channels.md):
+        depends on the transport (docs/channels.md, "Cancellation"):
 
-        - aipc pipes, FIFOs and UNIX stream sockets, and anyio's TCP and UNIX
-          socket streams: a send cancelled before the first byte of its frame
-          went out did not happen. One cancelled after that is completed by
-          the next ``send`` (or ``send_eof``), which writes the rest of the
-          frame before its own message. ``aclose()`` never waits: it writes
-          only what fits at once, so closing right after such a cancellation
-          may leave the peer a truncated frame (``TruncatedFrameError``).
-        - any other byte stream (TLS, streams of your own): once the frame is
-          started, it is handed to the transport whole inside a shielded scope;
-          the cancellation takes effect when the transport has taken it. An
-          error from the transport then breaks the channel.
+        - aipc pipes, FIFOs and UNIX stream sockets; anyio's socket streams on
+          trio and its UNIX streams on asyncio: a send cancelled before the
+          first byte of its frame went out did not happen. One cancelled after
+          that keeps the rest of its frame (``statistics().unsent_bytes``) and
+          the next ``send`` (or ``send_eof``) writes it before its own
+          message, so the message arrives whole. ``aclose()`` never waits: it
+          writes only what fits at once, so closing right after such a
+          cancellation may leave the peer a truncated frame.
+        - anyio's TCP streams on asyncio and uvloop: the loop takes the whole
+          frame after one cancel point; a cancelled send either did not
+          happen or delivers the whole message, and which cannot be told.
+        - any other byte stream (TLS, streams of your own): once started, the
+          frame is handed to the transport inside a shielded scope, ``send``
+          returns normally and the cancellation takes effect at the caller's
+          next checkpoint. An error from the transport breaks the sending
+          side.
         - message transports: the transport's own ``send`` semantics (aipc's
-          are whole messages or nothing).
+          send whole messages or nothing).
         """
         if self._sending:
             raise anyio.BusyResourceError("sending to")
@@ -683,8 +688,8 @@ class ChannelSender(_ChannelBase[T], ObjectSendStream[T]):
                 raise anyio.ClosedResourceError
             if self._send_broken is not None:
                 raise anyio.BrokenResourceError(
-                    "an earlier send failed in the middle of a frame, so the "
-                    f"channel's framing is lost: {self._send_broken}"
+                    "an earlier send failed after it had started writing a "
+                    f"frame, so the framing is lost: {self._send_broken!r}"
                 )
             mode = self._mode
             if mode == _SOME:

@@ -689,6 +689,27 @@ def test_default_codec_is_msgpack_never_pickle() -> None:
         w.close()
 
 
+async def test_fd_send_some_writes_once_and_is_cancellable_only_before() -> None:
+    # the primitive the channels build on (aipc/_core/_stream.py)
+    r, w = aipc.create_pipe(capacity=4096)
+    async with r, w:
+        assert await w._send_some(b"x" * 10_000) == 4096  # one write: what fit
+        stats = w.statistics()
+        assert (stats.bytes, stats.operations, stats.syscalls) == (4096, 0, 1)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await w._send_some(b"y")  # the pipe is full: cancelled in the wait
+        assert scope.cancelled_caught
+        assert w.statistics().bytes == 4096
+        assert w.statistics().waits == 1
+        assert await r.receive(4096) == b"x" * 4096  # a pipe needs a free page
+        with anyio.fail_after(TIMEOUT):
+            assert await w._send_some(memoryview(b"yz")[1:]) == 1
+        await r.aclose()
+        with pytest.raises(anyio.BrokenResourceError):
+            await w._send_some(b"z")
+
+
 # --- checkpoints, busy, closing, statistics ------------------------------------------
 
 
