@@ -82,6 +82,12 @@ def _rebuild_process(cls: Any, fds: tuple[int, ...], meta: Mapping[str, Any]) ->
     return cls._from_fd(fds[0], meta.get("pid"))
 
 
+def _rebuild_ring(cls: Any, fds: tuple[int, ...], meta: Mapping[str, Any]) -> Any:
+    # the segment, the end's own doorbell, the peer's doorbell and the
+    # liveness socket (twice, send ring first, for a RingStream)
+    return cls._from_handoff(fds, meta)
+
+
 #: kind -> how to rebuild it. New mechanisms add theirs here.
 _KINDS: dict[str, _Kind] = {
     "pipe-receive": _Kind("._pipes", "PipeReceiveStream", 1, _rebuild_fd),
@@ -103,6 +109,11 @@ _KINDS: dict[str, _Kind] = {
     ),
     # the child gets the listening socket, never the path: it does not unlink
     "unix-listener": _Kind("._sockets", "UnixListener", 1, _rebuild_fd),
+    "ring-receiver": _Kind("._ring", "RingReceiver", 4, _rebuild_ring),
+    "ring-sender": _Kind("._ring", "RingSender", 4, _rebuild_ring),
+    "ring-byte-receive": _Kind("._ring", "RingByteReceiveStream", 4, _rebuild_ring),
+    "ring-byte-send": _Kind("._ring", "RingByteSendStream", 4, _rebuild_ring),
+    "ring-stream": _Kind("._ring", "RingStream", 8, _rebuild_ring),
 }
 
 

@@ -1,0 +1,1498 @@
+"""Shared-memory rings: single-producer single-consumer channels (Linux, x86-64).
+
+A ring is a sealed memfd (:mod:`aipc._shm`) holding a fixed header and a data
+area, plus two eventfds (the *doorbells*: the receiver's rings when data
+arrives, the sender's when room frees up) and a UNIX socket pair whose ends
+the two sides hold, so that each side learns of the other's death by end of
+file. Each end waits on a private epoll set of its doorbell and its socket
+(:class:`aipc._core._waitset.WaitSet`), through ``_core``'s readiness.
+
+Layout (64-bit words, native byte order; each hot word on its own cache line)::
+
+    byte 0    magic b"AIPCRING", version, mode (1 messages, 2 bytes),
+              capacity, data offset
+    byte 64   head   total bytes published by the sender (written by it only)
+    byte 128  tail   total bytes consumed by the receiver (written by it only)
+    byte 192  the receiver's sleep generation (odd: asleep or going to sleep)
+    byte 256  the sender's sleep generation
+    byte 320  the sender closed the ring        byte 384  the receiver did
+    byte 4096 the data area: ``capacity`` bytes, a power of two
+
+Message mode stores records: an 8-byte word ``length << 1`` then the payload,
+padded to 8 bytes. A record never wraps: when it does not fit before the end
+of the area, a padding record (word 1) fills the rest and the record starts
+at offset 0. So a message is always one contiguous slice (the zero-copy
+lease), and the largest message is ``capacity // 2 - 8`` bytes, which makes
+"padding plus record" always fit in an empty ring. Byte mode stores plain
+bytes, wrapping freely.
+
+**Wake-up protocol.** The receiver, finding the ring empty, may spin for a
+bounded time, then makes its generation odd, executes a full fence, and
+re-checks ``head`` and the sender's closed flag; only if nothing changed does
+it wait on its doorbell. The sender publishes ``head``, executes a full
+fence, then reads the receiver's generation, and writes the doorbell only if
+it is odd and it has not rung for that generation yet (one syscall per sleep,
+however many messages arrive meanwhile: no wake-up storm). This is Dekker's
+pattern: each side stores, fences, then loads what the other stores, so at
+least one of them sees the other: either the sender sees the receiver asleep
+and rings (an eventfd count persists until read, so a ring before the wait
+still wakes it), or the receiver's re-check sees the new ``head``. No
+wake-up is lost. The sender's wait for room is the mirror image (the
+receiver publishes ``tail``, fences, reads the sender's generation). A
+closing side sets its closed flag and rings unconditionally; a dying side's
+socket end closes, which wakes the other side's wait set.
+
+**Memory ordering (why this is correct on x86-64, and refused elsewhere).**
+Every shared word is read and written as one aligned 8-byte access through a
+``memoryview`` cast to ``'Q'``: CPython packs and unpacks it with an 8-byte
+``memcpy``, which compiles to one ``mov``, single-copy atomic on x86-64.
+Between these accesses the interpreter makes opaque calls, so the C compiler
+cannot reorder them; what remains is the hardware's order. x86-64 is TSO:
+stores become visible in program order, loads are not reordered with loads,
+and a load is never reordered with a later store. That orders the data path
+with plain accesses: payload stores before the ``head`` store (store→store),
+``head`` load before the payload loads (load→load), payload loads before the
+``tail`` store (load→store), and the ``tail`` load before the sender
+overwrites (load→store). Fast-string copies (``rep movsb``) may reorder
+within themselves but not with a later separate store, and glibc ends its
+non-temporal copies with ``sfence``. The one reordering TSO allows is a load
+passing an earlier store (StoreLoad), which is exactly the wake-up protocol's
+pair: there a full fence is needed on both sides. Pure Python has no fence
+instruction, so aipc uses a lock: acquiring and releasing an uncontended
+``threading.Lock`` runs an atomic read-modify-write (glibc's semaphore or
+mutex, ``lock cmpxchg`` / ``lock xadd``), and every locked instruction is a
+full barrier on x86-64; any correct mutual-exclusion lock must contain one.
+It costs two C calls, a few hundred nanoseconds in CPython, on each publish;
+syscalls are not used as fences, since not every syscall is one.
+
+On aarch64 and other weakly ordered machines plain stores may be reordered
+with each other and loads with loads, so the data path itself would need
+release/acquire accesses, which pure Python cannot give and a lock around
+each access would make slower than a pipe. Rather than a C extension (which a
+``pip install`` without a compiler would fail to build), aipc refuses to
+create or attach a ring there, with ``NotImplementedError`` naming the
+machine; pipes and UNIX sockets work everywhere.
+
+**Several producers.** The ring is single-producer single-consumer: a
+multi-producer ring needs an atomic compare-and-swap on shared memory,
+which pure Python does not have. The pattern is one ring per producer,
+which is also what the named rendezvous gives: each :meth:`RingListener.accept`
+makes a new ring for the producer that connected, and the consumer receives
+from each in its own task (see docs/rings.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import platform
+import socket
+import stat
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Any, Self
+
+import anyio
+from anyio.abc import (
+    ByteReceiveStream,
+    ByteSendStream,
+    ByteStream,
+    ObjectReceiveStream,
+    ObjectSendStream,
+)
+
+from ._core._args import check_int
+from ._core._errors import LimitExceededError
+from ._core._fd import FdHandle, checkpoint
+from ._core._notifier import _is_eventfd
+from ._core._waitset import WaitSet
+from ._shm import SharedMemory, create_shared_memory
+
+__all__ = [
+    "DEFAULT_RING_CAPACITY",
+    "RingByteReceiveStream",
+    "RingByteSendStream",
+    "RingLease",
+    "RingReceiver",
+    "RingSender",
+    "RingStatistics",
+    "RingStream",
+    "create_byte_ring",
+    "create_ring",
+    "create_ring_stream_pair",
+]
+
+#: The default capacity of a ring's data area, in bytes.
+DEFAULT_RING_CAPACITY = 1 << 20
+
+_MIN_CAPACITY = 4096
+_MAX_CAPACITY = 1 << 40
+_HEADER_SIZE = 4096
+_MAGIC = int.from_bytes(b"AIPCRING", "little")
+_VERSION = 1
+_MESSAGES = 1
+_BYTES = 2
+_MODE_NAMES = {_MESSAGES: "messages", _BYTES: "bytes"}
+
+# word indices in the header (8-byte words)
+_W_MAGIC = 0
+_W_VERSION = 1
+_W_MODE = 2
+_W_CAPACITY = 3
+_W_DATA_OFFSET = 4
+_W_HEAD = 8
+_W_TAIL = 16
+_W_RX_SEQ = 24
+_W_TX_SEQ = 32
+_W_TX_CLOSED = 40
+_W_RX_CLOSED = 48
+
+#: byte-mode sends of at most this many bytes are written whole or not at all
+#: (as a pipe's PIPE_BUF), so a small send cancelled while waiting wrote nothing
+_ATOMIC_SEND = 4096
+_DEFAULT_RECEIVE_SIZE = 65536
+
+_SUPPORTED = platform.machine() in ("x86_64", "AMD64") and sys.maxsize > 2**32
+
+# The StoreLoad fence (see the module docstring). One lock for the process:
+# two threads fencing at once just serialise for a moment, which is still a
+# fence for both.
+_fence_lock = threading.Lock()
+_acquire = _fence_lock.acquire
+_release = _fence_lock.release
+
+
+def _check_platform() -> None:
+    if not _SUPPORTED:
+        raise NotImplementedError(
+            f"aipc shared-memory rings need x86-64's memory ordering (TSO) and "
+            f"this machine is {platform.machine()!r}: on a weakly ordered CPU the "
+            "ring would need atomic release/acquire accesses that pure Python "
+            "cannot make. Use pipes or UNIX sockets here (docs/rings.md)"
+        )
+
+
+def _check_capacity(capacity: object) -> int:
+    capacity = check_int("capacity", capacity)
+    if capacity < _MIN_CAPACITY or capacity & (capacity - 1):
+        raise ValueError(
+            f"capacity must be a power of two of at least {_MIN_CAPACITY} bytes, "
+            f"got {capacity}"
+        )
+    if capacity > _MAX_CAPACITY:
+        raise LimitExceededError("capacity", capacity, _MAX_CAPACITY, "2**40 bytes")
+    return capacity
+
+
+def _check_spin(spin_us: object) -> float:
+    if isinstance(spin_us, bool) or not isinstance(spin_us, (int, float)):
+        raise TypeError(f"spin_us must be a number, not {type(spin_us).__name__}")
+    if not 0 <= spin_us <= 1_000_000:
+        raise ValueError(
+            f"spin_us must be between 0 and 1000000 microseconds, got {spin_us}"
+        )
+    return float(spin_us)
+
+
+def _as_bytes(item: object) -> bytes | bytearray | memoryview:
+    """``item`` as something a byte slice assignment takes, with len() in bytes."""
+    cls = type(item)
+    if cls is bytes or cls is bytearray:
+        return item  # type: ignore[return-value]
+    if isinstance(item, str):
+        raise TypeError("item must be a bytes-like object, not str")
+    try:
+        view = memoryview(item)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"item must be a bytes-like object, not {type(item).__name__}"
+        ) from None
+    if view.format == "B" and view.ndim == 1 and view.c_contiguous:
+        return view
+    if view.c_contiguous:
+        return view.cast("B")
+    return view.tobytes()
+
+
+_Bytes = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class RingStatistics:
+    """Counters of one ring end (cheap: two memory loads, no syscall).
+
+    Attributes:
+        capacity: the size of the data area in bytes.
+        used: bytes in the ring now (records with their headers and padding,
+            in message mode), 0 once this end is closed.
+        messages: messages this end sent or received (byte streams: send and
+            receive calls that moved data).
+        bytes: payload bytes this end sent or received.
+        waits: times this end slept on its doorbell (the ring was empty, or
+            full for a sender).
+        wakeups: times this end wrote the peer's doorbell (at most once per
+            sleep of the peer).
+        spins: waits avoided because the peer acted while this end spun.
+    """
+
+    capacity: int
+    used: int
+    messages: int
+    bytes: int
+    waits: int
+    wakeups: int
+    spins: int
+
+
+# ---------------------------------------------------------------------------
+# what both ends share
+
+
+class _RingEnd:
+    """The mapping, the doorbells, the liveness socket, sleeping and closing."""
+
+    _role = ""  # "sender" or "receiver"
+    _kind = ""  # the hand-off kind
+    _mode = _MESSAGES
+    # header words this end writes and reads (set by the role classes)
+    _W_MY_SEQ = 0
+    _W_PEER_SEQ = 0
+    _W_MY_CLOSED = 0
+    _W_PEER_CLOSED = 0
+
+    def __init__(
+        self,
+        segment: SharedMemory,
+        doorbell: FdHandle,
+        peer_doorbell: FdHandle,
+        sock: socket.socket,
+        spin_us: float,
+    ) -> None:
+        self._segment = segment
+        buffer = segment.buffer  # the views are released by close()
+        self._hdr = buffer[:_HEADER_SIZE].cast("Q")
+        hdr = self._hdr
+        cap = hdr[_W_CAPACITY]
+        self._cap = cap
+        self._mask = cap - 1
+        self._data = buffer[_HEADER_SIZE : _HEADER_SIZE + cap]
+        self._dq = self._data.cast("Q")
+        # the wait set first: it is the only step that can fail (EMFILE), and
+        # the caller still owns the descriptors if it does
+        self._waitset = WaitSet(f"ring {self._role} wait set")
+        try:
+            self._waitset.add(doorbell.fileno())
+            self._waitset.add(sock.fileno())
+        except BaseException:
+            self._waitset.close()
+            raise
+        self._doorbell = doorbell
+        self._peer_doorbell = peer_doorbell
+        self._sock = sock
+        self._sock_handle = FdHandle(sock.fileno(), "ring socket", closer=sock.close)
+        self._closed = False
+        self._handed_off = False
+        self._peer_gone = False
+        self._busy = False
+        seq = hdr[self._W_MY_SEQ]
+        self._seq = seq + (seq & 1)  # a copy that died asleep left it odd
+        self._signalled = -1  # the peer generation we last rang for
+        self._spin_ns = int(spin_us * 1000)
+        self._messages = self._bytes = 0
+        self._waits = self._wakeups = self._spins = 0
+
+    # -- construction from handed-over descriptors
+
+    @classmethod
+    def _from_handoff(cls, fds: tuple[int, ...], meta: Any) -> Self:
+        """The end on ``fds`` (segment, own doorbell, peer's doorbell, socket),
+        which it then owns; on error they stay the caller's."""
+        _check_platform()
+        memfd, doorbell, peer_doorbell, sockfd = (check_int("fd", fd) for fd in fds)
+        _validate_segment(memfd, cls._mode)
+        for fd in (doorbell, peer_doorbell):
+            if not _is_eventfd(fd):
+                raise ValueError(f"fd {fd} is not an eventfd (a ring doorbell)")
+            if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+                raise ValueError(
+                    f"eventfd {fd} is blocking: ring doorbells are created "
+                    "non-blocking by aipc, and aipc never changes a shared description"
+                )
+        spin = _check_spin(meta.get("spin_us", 0.0))
+        try:
+            sock = socket.socket(fileno=sockfd)
+        except OSError:
+            raise ValueError(
+                f"fd {sockfd} is not a socket (a ring's liveness socket)"
+            ) from None
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise ValueError(f"fd {sockfd} is not a UNIX stream socket")
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        try:
+            segment = SharedMemory.from_fd(memfd)
+        except BaseException:
+            sock.detach()
+            raise
+        bells = (
+            FdHandle(doorbell, "ring doorbell"),
+            FdHandle(peer_doorbell, "ring doorbell"),
+        )
+        try:
+            return cls(segment, bells[0], bells[1], sock, spin)
+        except BaseException:
+            for bell in bells:
+                bell.detach()
+            sock.detach()
+            segment._handle.detach()
+            segment.close()
+            raise
+
+    def _aipc_handoff_(self) -> tuple[str, tuple[int, ...], dict[str, Any]]:
+        fds = (
+            self._segment.fileno(),
+            self._doorbell.fileno(),
+            self._peer_doorbell.fileno(),
+            self._sock_handle.fileno(),
+        )
+        # another process carries on with this end: closing this copy must
+        # not tell the peer that the end is closed (see close())
+        self._handed_off = True
+        return self._kind, fds, {"spin_us": self._spin_ns / 1000}
+
+    # -- properties
+
+    @property
+    def capacity(self) -> int:
+        """The size of the data area in bytes."""
+        return self._cap
+
+    @property
+    def closed(self) -> bool:
+        """Whether this end has been closed."""
+        return self._closed
+
+    @property
+    def spin_us(self) -> float:
+        """How long this end busy-waits before sleeping, in microseconds
+        (0: never). Settable. See docs/rings.md for the CPU it costs."""
+        return self._spin_ns / 1000
+
+    @spin_us.setter
+    def spin_us(self, value: float) -> None:
+        self._spin_ns = int(_check_spin(value) * 1000)
+
+    def statistics(self) -> RingStatistics:
+        """Counters of this end (see :class:`RingStatistics`)."""
+        used = 0 if self._closed else self._hdr[_W_HEAD] - self._hdr[_W_TAIL]
+        return RingStatistics(
+            self._cap,
+            used,
+            self._messages,
+            self._bytes,
+            self._waits,
+            self._wakeups,
+            self._spins,
+        )
+
+    # -- the doorbells
+
+    def _ring_peer(self) -> None:
+        """After publishing: wake the peer if it sleeps (see the protocol)."""
+        _acquire()
+        _release()
+        seq = self._hdr[self._W_PEER_SEQ]
+        if seq & 1 and seq != self._signalled:
+            self._signalled = seq
+            self._write_doorbell()
+
+    def _write_doorbell(self) -> None:
+        fd = self._peer_doorbell.fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        try:
+            os.eventfd_write(fd, 1)
+        except BlockingIOError:
+            pass  # the count is at its maximum: the peer is woken anyway
+        self._wakeups += 1
+
+    def _attempt(self) -> int:
+        """In the wait: take the doorbell's count, or return 0 if the peer has
+        hung up; ``BlockingIOError`` for neither (stale readiness)."""
+        fd = self._doorbell.fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        try:
+            return os.eventfd_read(fd)
+        except BlockingIOError:
+            pass
+        try:
+            data = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            raise
+        except ConnectionError:
+            return 0
+        if not data:
+            return 0  # end of file: every copy of the peer's end is closed
+        # nobody writes on this socket; drop what a stranger wrote and go on
+        self._sock.recv(65536, socket.MSG_DONTWAIT)
+        raise BlockingIOError
+
+    async def _sleep(self) -> None:
+        """The ring looked empty (full, for a sender): spin, then sleep until
+        the peer rings or hangs up. The caller re-checks the ring after."""
+        spin_ns = self._spin_ns
+        if spin_ns:
+            ready = self._ready
+            deadline = perf_counter_ns() + spin_ns
+            while perf_counter_ns() < deadline:
+                if ready():
+                    self._spins += 1
+                    return
+        hdr = self._hdr
+        seq = self._seq + 1
+        hdr[self._W_MY_SEQ] = seq
+        _acquire()  # StoreLoad between the generation and the re-check
+        _release()
+        try:
+            if self._ready():
+                return
+            self._waits += 1
+            if not await self._waitset.wait(self._attempt):
+                self._peer_gone = True
+        finally:
+            self._seq = seq + 1
+            if not self._closed:
+                hdr[self._W_MY_SEQ] = seq + 1
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    # -- closing
+
+    def close(self) -> None:
+        """Close this end (idempotent).
+
+        Unless this end was handed to another process (which carries on with
+        it), the peer learns that it was closed: a receiver then gets
+        ``EndOfStream`` once it has taken everything, a sender
+        ``BrokenResourceError``. A task waiting on this end gets
+        ``ClosedResourceError``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._close_lease()
+        if not self._handed_off:
+            self._hdr[self._W_MY_CLOSED] = 1
+            try:
+                self._write_doorbell()  # unconditionally: the count persists
+            except (OSError, anyio.ClosedResourceError):
+                pass
+        self._waitset.close()
+        self._sock_handle.close()
+        self._doorbell.close()
+        self._peer_doorbell.close()
+        self._dq.release()
+        self._data.release()
+        self._hdr.release()
+        self._segment.close()
+
+    async def aclose(self) -> None:
+        """Close this end (idempotent, also when cancelled); see :meth:`close`."""
+        self.close()
+        await checkpoint()
+
+    def _give_back(self) -> None:
+        """Unmap and forget the descriptors without closing them (they are
+        the caller's again: a rebuild that failed half-way)."""
+        self._closed = True
+        self._waitset.close()
+        self._sock_handle.detach()
+        self._sock.detach()
+        self._doorbell.detach()
+        self._peer_doorbell.detach()
+        self._dq.release()
+        self._data.release()
+        self._hdr.release()
+        self._segment._handle.detach()
+        self._segment.close()
+
+    def _close_lease(self) -> None:
+        pass
+
+    def _describe(self) -> str:
+        if self._closed:
+            return "closed"
+        used = self._hdr[_W_HEAD] - self._hdr[_W_TAIL]
+        return f"capacity={self._cap} used={used}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._describe()}>"
+
+
+def _validate_segment(memfd: int, mode: int) -> None:
+    """Check that ``memfd`` holds a ring of ``mode`` before mapping it."""
+    try:
+        st = os.fstat(memfd)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise ValueError(f"fd {memfd} is not an open file descriptor") from None
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"fd {memfd} is not a ring's shared memory")
+    header = os.pread(memfd, 48, 0)
+    if len(header) < 48:
+        raise ValueError(f"fd {memfd} is not a ring (too small)")
+    words = memoryview(header).cast("Q")
+    if words[_W_MAGIC] != _MAGIC:
+        raise ValueError(f"fd {memfd} is not an aipc ring (bad magic number)")
+    if words[_W_VERSION] != _VERSION:
+        raise ValueError(
+            f"fd {memfd} is a version {words[_W_VERSION]} ring; this aipc reads "
+            f"version {_VERSION}"
+        )
+    if words[_W_MODE] != mode:
+        raise ValueError(
+            f"fd {memfd} is a {_MODE_NAMES.get(words[_W_MODE], '?')} ring, not a "
+            f"{_MODE_NAMES[mode]} ring"
+        )
+    cap = words[_W_CAPACITY]
+    if (
+        cap < _MIN_CAPACITY
+        or cap & (cap - 1)
+        or words[_W_DATA_OFFSET] != _HEADER_SIZE
+        or st.st_size < _HEADER_SIZE + cap
+    ):
+        raise ValueError(f"fd {memfd} is a ring with a corrupt header")
+
+
+def _corrupt(what: str) -> anyio.BrokenResourceError:
+    return anyio.BrokenResourceError(
+        f"the ring's shared memory is corrupt ({what}): the peer wrote to it "
+        "outside the protocol"
+    )
+
+
+# ---------------------------------------------------------------------------
+# the two roles
+
+
+class _Receiving(_RingEnd):
+    """The consumer side: owns ``tail``, sleeps while the ring is empty."""
+
+    _role = "receiver"
+    _W_MY_SEQ = _W_RX_SEQ
+    _W_PEER_SEQ = _W_TX_SEQ
+    _W_MY_CLOSED = _W_RX_CLOSED
+    _W_PEER_CLOSED = _W_TX_CLOSED
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._tail = self._hdr[_W_TAIL]
+        self._head = self._tail  # the last head seen
+
+    def _ready(self) -> bool:
+        hdr = self._hdr
+        return hdr[_W_HEAD] != self._tail or bool(hdr[_W_TX_CLOSED])
+
+    def _available(self) -> int:
+        """Bytes published and not yet taken (reloads head only when the last
+        one seen is used up); raises ClosedResourceError once closed."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        tail = self._tail
+        if self._head == tail:
+            head = self._hdr[_W_HEAD]
+            if head == tail:
+                return 0
+            if not 0 < head - tail <= self._cap:
+                raise _corrupt(f"head {head}, tail {tail}")
+            self._head = head
+        return self._head - tail
+
+    async def _wait_data(self) -> None:
+        """The ring is empty: end of stream, or sleep until it may not be."""
+        hdr = self._hdr
+        # the flag before head: the sender publishes its last head before the
+        # flag, so a set flag and an unchanged head mean nothing more comes
+        closed = hdr[_W_TX_CLOSED]
+        if hdr[_W_HEAD] != self._tail:
+            return
+        if closed:
+            raise anyio.EndOfStream
+        if self._peer_gone:
+            raise anyio.BrokenResourceError(
+                "the ring's sender died (or every copy of it was handed off and "
+                "closed) without closing the ring"
+            )
+        await self._sleep()
+
+    def _publish_tail(self, tail: int) -> None:
+        self._tail = tail
+        self._hdr[_W_TAIL] = tail
+        self._ring_peer()
+
+    def _check_receive(self) -> None:
+        if self._busy:
+            raise anyio.BusyResourceError("receiving from")
+
+
+class _Sending(_RingEnd):
+    """The producer side: owns ``head``, sleeps while the ring is full."""
+
+    _role = "sender"
+    _W_MY_SEQ = _W_TX_SEQ
+    _W_PEER_SEQ = _W_RX_SEQ
+    _W_MY_CLOSED = _W_TX_CLOSED
+    _W_PEER_CLOSED = _W_RX_CLOSED
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._head = self._hdr[_W_HEAD]
+        self._tail = self._hdr[_W_TAIL]  # the last tail seen
+        self._need = 1  # the free bytes the current wait is for
+
+    def _ready(self) -> bool:
+        hdr = self._hdr
+        return self._cap - (self._head - hdr[_W_TAIL]) >= self._need or bool(
+            hdr[_W_RX_CLOSED]
+        )
+
+    def _free(self, need: int) -> int:
+        """Free bytes, reloading tail only when the last one seen leaves fewer
+        than ``need``; raises if this end is closed or the receiver is gone."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        hdr = self._hdr
+        if hdr[_W_RX_CLOSED] or self._peer_gone:
+            raise anyio.BrokenResourceError(
+                "the ring's receiver is closed"
+                if hdr[_W_RX_CLOSED]
+                else "the ring's receiver died without closing it"
+            )
+        free = self._cap - (self._head - self._tail)
+        if free < need:
+            tail = hdr[_W_TAIL]
+            if not 0 <= self._head - tail <= self._cap:
+                raise _corrupt(f"head {self._head}, tail {tail}")
+            self._tail = tail
+            free = self._cap - (self._head - tail)
+        return free
+
+    async def _wait_space(self, need: int) -> None:
+        self._need = need
+        await self._sleep()
+
+    def _publish_head(self, head: int) -> None:
+        self._head = head
+        self._hdr[_W_HEAD] = head
+        self._ring_peer()
+
+    def _check_send(self) -> None:
+        if self._busy:
+            raise anyio.BusyResourceError("sending to")
+
+
+# ---------------------------------------------------------------------------
+# message mode
+
+
+def _record_size(n: int) -> int:
+    return 8 + ((n + 7) & ~7)
+
+
+class RingLease:
+    """A received message still in the ring: :attr:`data` is a read-only view.
+
+    The message stays in shared memory, and the sender cannot overwrite it,
+    until :meth:`release` (or leaving ``with``). Release promptly: while a
+    lease is held the ring does not free the message's room and the receiver
+    takes nothing else. After release, ``data`` is released too; views you
+    sliced from it must not be used any more (the sender may overwrite them).
+    """
+
+    __slots__ = ("_owner", "_tail", "data")
+
+    def __init__(self, owner: RingReceiver, data: memoryview, tail: int) -> None:
+        self._owner: RingReceiver | None = owner
+        self.data = data
+        self._tail = tail
+
+    @property
+    def released(self) -> bool:
+        """Whether the lease has been released."""
+        return self._owner is None
+
+    def release(self) -> None:
+        """Give the message's room back to the sender (idempotent)."""
+        owner, self._owner = self._owner, None
+        if owner is None:
+            return
+        self.data.release()
+        owner._end_lease(self)
+
+    def __enter__(self) -> memoryview:
+        return self.data
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        state = "released" if self._owner is None else f"{len(self.data)}B"
+        return f"<RingLease {state}>"
+
+
+class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
+    """The receiving end of a message ring (``ObjectReceiveStream[bytes]``).
+
+    Made by :func:`create_ring`, a hand-off (``aipc.inherit``,
+    ``receive_objects``) or :meth:`RingListener.accept`. It owns a mapping of
+    the ring and four descriptors (the memfd, two eventfds, a socket), all
+    close-on-exec, closed by :meth:`aclose`. One task receives at a time.
+    """
+
+    _kind = "ring-receiver"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._lease: RingLease | None = None
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message the ring carries: ``capacity // 2 - 8`` bytes."""
+        return self._cap // 2 - 8
+
+    def _locate(self) -> tuple[int, int, int] | None:
+        """(offset, length, tail after) of the next message, or None if empty."""
+        avail = self._available()
+        if not avail:
+            return None
+        tail = self._tail
+        off = tail & self._mask
+        word = self._dq[off >> 3]
+        if word & 1:  # padding: the message starts at offset 0
+            skip = self._cap - off
+            if skip >= avail:
+                raise _corrupt("a padding record with nothing after it")
+            tail += skip
+            avail -= skip
+            off = 0
+            word = self._dq[0]
+        n = word >> 1
+        size = _record_size(n)
+        if size > avail or off + size > self._cap:
+            raise _corrupt(f"a record of {n} bytes at offset {off}")
+        return off, n, tail + size
+
+    def _take(self) -> bytes | None:
+        if self._lease is not None:
+            raise anyio.BusyResourceError("holding a lease on")
+        where = self._locate()
+        if where is None:
+            return None
+        off, n, tail = where
+        item = bytes(self._data[off + 8 : off + 8 + n])
+        self._publish_tail(tail)
+        self._messages += 1
+        self._bytes += n
+        return item
+
+    def receive_nowait(self) -> bytes:
+        """Take the next message without waiting (not a checkpoint).
+
+        Raises ``anyio.WouldBlock`` if the ring is empty, ``EndOfStream`` if
+        it is empty and the sender closed it, ``BrokenResourceError`` if it is
+        empty and the sender died, and what :meth:`receive` raises.
+        """
+        self._check_receive()
+        item = self._take()
+        if item is not None:
+            return item
+        hdr = self._hdr
+        closed = hdr[_W_TX_CLOSED]
+        if hdr[_W_HEAD] == self._tail:
+            if closed:
+                raise anyio.EndOfStream
+            if self._peer_gone:
+                raise anyio.BrokenResourceError("the ring's sender died")
+        raise anyio.WouldBlock
+
+    async def receive(self) -> bytes:
+        """Receive the next message (a copy, as ``bytes``), waiting for one.
+
+        Raises:
+            EndOfStream: the ring is empty and the sender closed it.
+            BrokenResourceError: the ring is empty and the sender died
+                without closing it (everything it sent was received first).
+            ClosedResourceError: this end is or gets closed.
+            BusyResourceError: another task is receiving, or a lease is held.
+
+        **Cancellation:** nothing is taken; the message stays for the next
+        receive.
+        """
+        self._check_receive()
+        self._busy = True
+        try:
+            await checkpoint()
+            while True:
+                item = self._take()
+                if item is not None:
+                    return item
+                await self._wait_data()
+        finally:
+            self._busy = False
+
+    async def receive_many(self, max_items: int = 1024) -> list[bytes]:
+        """Receive every message available, up to ``max_items``, waiting for
+        at least one. The room they took is given back once, at the end.
+
+        Raises what :meth:`receive` raises (``EndOfStream`` only if no message
+        is available). **Cancellation:** nothing is taken.
+        """
+        max_items = check_int("max_items", max_items)
+        if max_items < 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        self._check_receive()
+        self._busy = True
+        try:
+            await checkpoint()
+            while True:
+                if self._lease is not None:
+                    raise anyio.BusyResourceError("holding a lease on")
+                items: list[bytes] = []
+                data = self._data
+                tail = self._tail
+                while len(items) < max_items:
+                    where = self._locate()
+                    if where is None:
+                        break
+                    off, n, tail = where
+                    items.append(bytes(data[off + 8 : off + 8 + n]))
+                    self._tail = tail  # local: published once below
+                    self._bytes += n
+                if items:
+                    self._publish_tail(tail)
+                    self._messages += len(items)
+                    return items
+                await self._wait_data()
+        finally:
+            self._busy = False
+
+    async def receive_lease(self) -> RingLease:
+        """Wait for the next message and lend it in place (zero copy).
+
+        ``lease.data`` is a read-only memoryview of the message in shared
+        memory, valid until the lease is released::
+
+            with await receiver.receive_lease() as data:
+                process(data)
+
+        Until then the message's room is not given back and other receives
+        raise ``BusyResourceError``. Raises what :meth:`receive` raises.
+        **Cancellation:** nothing is taken or lent.
+        """
+        self._check_receive()
+        self._busy = True
+        try:
+            await checkpoint()
+            while True:
+                if self._lease is not None:
+                    raise anyio.BusyResourceError("holding a lease on")
+                where = self._locate()
+                if where is not None:
+                    off, n, tail = where
+                    view = self._data[off + 8 : off + 8 + n].toreadonly()
+                    self._lease = lease = RingLease(self, view, tail)
+                    self._messages += 1
+                    self._bytes += n
+                    return lease
+                await self._wait_data()
+        finally:
+            self._busy = False
+
+    def _end_lease(self, lease: RingLease) -> None:
+        if self._lease is lease:
+            self._lease = None
+            if not self._closed:
+                self._publish_tail(lease._tail)
+
+    def _close_lease(self) -> None:
+        lease = self._lease
+        if lease is not None:
+            lease._owner = None
+            lease.data.release()
+            self._lease = None
+
+    def _describe(self) -> str:
+        return f"messages {super()._describe()} received={self._messages}"
+
+
+class RingSender(_Sending, ObjectSendStream[bytes]):
+    """The sending end of a message ring (``ObjectSendStream[bytes]``).
+
+    Made by :func:`create_ring`, a hand-off or :func:`connect_ring`. It owns
+    a mapping of the ring and four descriptors, closed by :meth:`aclose`,
+    which tells the receiver that nothing more comes. One task sends at a
+    time.
+    """
+
+    _kind = "ring-sender"
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message the ring carries: ``capacity // 2 - 8`` bytes."""
+        return self._cap // 2 - 8
+
+    def _check_size(self, n: int) -> None:
+        limit = self._cap // 2 - 8
+        if n > limit:
+            raise LimitExceededError(
+                "len(item)",
+                n,
+                limit,
+                "the ring's max_message_size (capacity // 2 - 8)",
+                "create the ring with a larger capacity",
+            )
+
+    def _write(self, data: bytes | bytearray | memoryview, n: int) -> int:
+        """Write one record at head if it fits; return the new head, or 0 if
+        there is no room (then ``_need`` says how much is needed)."""
+        head = self._head
+        off = head & self._mask
+        size = _record_size(n)
+        to_end = self._cap - off
+        need = size if size <= to_end else to_end + size
+        if self._free(need) < need:
+            self._need = need
+            return 0
+        dq = self._dq
+        if size > to_end:
+            dq[off >> 3] = 1  # padding to the end of the area
+            head += to_end
+            off = 0
+        dq[off >> 3] = n << 1
+        if n:
+            self._data[off + 8 : off + 8 + n] = data
+        self._bytes += n
+        return head + size
+
+    def send_nowait(self, item: bytes | bytearray | memoryview) -> None:
+        """Send ``item`` if there is room now (not a checkpoint).
+
+        Raises ``anyio.WouldBlock`` if the ring is too full, and what
+        :meth:`send` raises.
+        """
+        data = _as_bytes(item)
+        n = len(data)
+        self._check_size(n)
+        self._check_send()
+        head = self._write(data, n)
+        if not head:
+            raise anyio.WouldBlock
+        self._messages += 1
+        self._publish_head(head)
+
+    async def send(self, item: bytes | bytearray | memoryview) -> None:
+        """Send one message (copied into the ring), waiting while it is full.
+
+        Raises:
+            LimitExceededError: ``item`` is larger than
+                :attr:`max_message_size` (checked before anything happens).
+            BrokenResourceError: the receiver closed the ring or died (a
+                dead receiver is noticed when the ring fills up).
+            ClosedResourceError: this end is or gets closed.
+            BusyResourceError: another task is sending on this end.
+
+        **Cancellation:** nothing was sent. A message is never half-sent.
+        """
+        data = _as_bytes(item)
+        n = len(data)
+        self._check_size(n)
+        self._check_send()
+        self._busy = True
+        try:
+            await checkpoint()
+            while True:
+                head = self._write(data, n)
+                if head:
+                    self._messages += 1
+                    self._publish_head(head)
+                    return
+                await self._wait_space(self._need)
+        finally:
+            self._busy = False
+
+    def send_many_nowait(self, items: Sequence[bytes | bytearray | memoryview]) -> int:
+        """Send as many of ``items`` as fit now, in order, with one publish
+        and at most one wake-up; return how many were sent (not a checkpoint).
+
+        Raises what :meth:`send` raises (sizes are checked first).
+        """
+        datas = [_as_bytes(item) for item in items]
+        for data in datas:
+            self._check_size(len(data))
+        self._check_send()
+        return self._write_many(datas, 0)
+
+    def _write_many(
+        self, datas: Sequence[bytes | bytearray | memoryview], i: int
+    ) -> int:
+        """Write datas[i:] while they fit; publish once; return the new i."""
+        start = i
+        count = len(datas)
+        while i < count:
+            data = datas[i]
+            head = self._write(data, len(data))
+            if not head:
+                break
+            self._head = head  # local: published once below
+            i += 1
+        if i > start:
+            self._messages += i - start
+            self._publish_head(self._head)
+        return i
+
+    async def send_many(self, items: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Send every item, in order, publishing each batch that fits at once.
+
+        Sizes are checked first: a ``LimitExceededError`` sends nothing.
+        Raises what :meth:`send` raises.
+
+        **Cancellation:** only while waiting for room, and then the items
+        before the wait were sent, whole (``statistics().messages`` counts
+        them); no item is ever half-sent.
+        """
+        datas = [_as_bytes(item) for item in items]
+        for data in datas:
+            self._check_size(len(data))
+        self._check_send()
+        self._busy = True
+        try:
+            await checkpoint()
+            i = 0
+            while True:
+                i = self._write_many(datas, i)
+                if i == len(datas):
+                    return
+                await self._wait_space(self._need)
+        finally:
+            self._busy = False
+
+    async def wait_writable(self) -> None:
+        """Wait until there is room for at least an empty message.
+
+        Raises what :meth:`send` raises. **Cancellation:** nothing to undo.
+        """
+        self._check_send()
+        self._busy = True
+        try:
+            await checkpoint()
+            while self._free(8) < 8:
+                await self._wait_space(8)
+        finally:
+            self._busy = False
+
+    def _describe(self) -> str:
+        return f"messages {super()._describe()} sent={self._messages}"
+
+
+# ---------------------------------------------------------------------------
+# byte mode
+
+
+def _check_max_bytes(max_bytes: object) -> int:
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
+        raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+    return max_bytes
+
+
+class RingByteReceiveStream(_Receiving, ByteReceiveStream):
+    """The receiving end of a byte ring (anyio ``ByteReceiveStream``).
+
+    Bytes arrive in order with no message boundaries, like a pipe. Made by
+    :func:`create_byte_ring`, a hand-off or :meth:`RingListener.accept`; owns
+    a mapping and four descriptors, closed by :meth:`aclose`.
+    """
+
+    _kind = "ring-byte-receive"
+    _mode = _BYTES
+
+    def _take(self, max_bytes: int) -> bytes:
+        avail = self._available()
+        if not avail:
+            return b""
+        n = min(avail, max_bytes)
+        tail = self._tail
+        off = tail & self._mask
+        first = self._cap - off
+        data = self._data
+        if n <= first:
+            out = bytes(data[off : off + n])
+        else:
+            out = b"".join((data[off:], data[: n - first]))
+        self._publish_tail(tail + n)
+        self._messages += 1
+        self._bytes += n
+        return out
+
+    async def receive(self, max_bytes: int = _DEFAULT_RECEIVE_SIZE) -> bytes:
+        """Receive at most ``max_bytes`` bytes, waiting until at least one is
+        available.
+
+        Raises ``EndOfStream`` when the ring is empty and the sender closed
+        it, ``BrokenResourceError`` when it is empty and the sender died,
+        ``ClosedResourceError`` if this end is or gets closed, and
+        ``BusyResourceError`` if another task is receiving.
+
+        **Cancellation:** nothing is taken.
+        """
+        if type(max_bytes) is not int or max_bytes < 1:
+            _check_max_bytes(max_bytes)
+        self._check_receive()
+        self._busy = True
+        try:
+            await checkpoint()
+            while True:
+                out = self._take(max_bytes)
+                if out:
+                    return out
+                await self._wait_data()
+        finally:
+            self._busy = False
+
+    def _describe(self) -> str:
+        return f"bytes {super()._describe()} received={self._bytes}B"
+
+
+class RingByteSendStream(_Sending, ByteSendStream):
+    """The sending end of a byte ring (anyio ``ByteSendStream``).
+
+    Made by :func:`create_byte_ring`, a hand-off or :func:`connect_ring`;
+    owns a mapping and four descriptors, closed by :meth:`aclose`, which the
+    receiver sees as end of stream.
+    """
+
+    _kind = "ring-byte-send"
+    _mode = _BYTES
+
+    def _write(self, view: memoryview, need: int) -> int:
+        """Copy as much of ``view`` as fits, if at least ``need`` bytes are
+        free; publish; return how much was written (0: wait for ``need``)."""
+        free = self._free(need)
+        if free < need:
+            return 0
+        n = min(free, len(view))
+        head = self._head
+        off = head & self._mask
+        first = self._cap - off
+        data = self._data
+        if n <= first:
+            data[off : off + n] = view[:n]
+        else:
+            data[off:] = view[:first]
+            data[: n - first] = view[first:n]
+        self._bytes += n
+        self._publish_head(head + n)
+        return n
+
+    async def send(self, item: bytes | bytearray | memoryview) -> None:
+        """Send all of ``item``, waiting while the ring is full.
+
+        Raises ``BrokenResourceError`` if the receiver closed the ring or
+        died (a dead receiver is noticed when the ring fills up),
+        ``ClosedResourceError`` if this end is or gets closed, and
+        ``BusyResourceError`` if another task is sending.
+
+        **Cancellation:** a send of at most 4096 bytes (and at most the
+        capacity) is written whole or not at all, so a cancelled one wrote
+        nothing. A larger send cancelled while waiting for room may have
+        written a prefix of ``item``; ``statistics().bytes`` counts exactly
+        what was written.
+        """
+        data = _as_bytes(item)
+        self._check_send()
+        self._busy = True
+        try:
+            await checkpoint()
+            view = memoryview(data)
+            total = len(view)
+            if not total:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                self._free(0)  # raises if the receiver is gone
+                return
+            # all or nothing for small sends, any room at all for large ones
+            need = total if total <= min(_ATOMIC_SEND, self._cap) else 1
+            while view:
+                n = self._write(view, need)
+                if n:
+                    view = view[n:]
+                    need = 1
+                else:
+                    await self._wait_space(need)
+            self._messages += 1
+        finally:
+            self._busy = False
+
+    async def _send_some(self, data: bytes | bytearray | memoryview) -> int:
+        """Write a non-empty prefix of ``data`` with one copy; return its
+        length (for object channels, which finish a cancelled frame later).
+
+        Waits while the ring is full, the only cancel point: a cancelled call
+        wrote nothing. Not a checkpoint when it can write at once.
+        """
+        self._check_send()
+        self._busy = True
+        try:
+            view = memoryview(data)
+            while True:
+                n = self._write(view, 1)
+                if n:
+                    return n
+                await self._wait_space(1)
+        finally:
+            self._busy = False
+
+    async def wait_writable(self) -> None:
+        """Wait until at least one byte can be sent without waiting.
+
+        Raises ``ClosedResourceError`` if this end is or gets closed and
+        ``BrokenResourceError`` if the receiver is gone.
+        **Cancellation:** nothing to undo.
+        """
+        self._check_send()
+        self._busy = True
+        try:
+            await checkpoint()
+            while self._free(1) < 1:
+                await self._wait_space(1)
+        finally:
+            self._busy = False
+
+    def _describe(self) -> str:
+        return f"bytes {super()._describe()} sent={self._bytes}B"
+
+
+class RingStream(ByteStream):
+    """A two-way byte stream over two byte rings (anyio ``ByteStream``).
+
+    :func:`create_ring_stream_pair` returns two, connected like a socket
+    pair. :meth:`send_eof` closes the sending direction (the peer receives
+    end of stream, this end can still receive); :meth:`aclose` closes both.
+    Hand it to another process like the one-way ends (eight descriptors).
+    """
+
+    def __init__(
+        self, send_stream: RingByteSendStream, receive_stream: RingByteReceiveStream
+    ) -> None:
+        self.send_stream = send_stream
+        self.receive_stream = receive_stream
+
+    @classmethod
+    def _from_handoff(cls, fds: tuple[int, ...], meta: Any) -> Self:
+        send = RingByteSendStream._from_handoff(fds[:4], meta)
+        try:
+            receive = RingByteReceiveStream._from_handoff(fds[4:], meta)
+        except BaseException:
+            send._give_back()  # on error the descriptors are the caller's
+            raise
+        return cls(send, receive)
+
+    def _aipc_handoff_(self) -> tuple[str, tuple[int, ...], dict[str, Any]]:
+        _, send_fds, meta = self.send_stream._aipc_handoff_()
+        _, receive_fds, _ = self.receive_stream._aipc_handoff_()
+        return "ring-stream", send_fds + receive_fds, meta
+
+    @property
+    def closed(self) -> bool:
+        """Whether both directions are closed."""
+        return self.send_stream.closed and self.receive_stream.closed
+
+    def receive(self, max_bytes: int = _DEFAULT_RECEIVE_SIZE) -> Any:
+        """See :meth:`RingByteReceiveStream.receive`."""
+        return self.receive_stream.receive(max_bytes)
+
+    def send(self, item: bytes | bytearray | memoryview) -> Any:
+        """See :meth:`RingByteSendStream.send`."""
+        return self.send_stream.send(item)
+
+    def _send_some(self, data: bytes | bytearray | memoryview) -> Any:
+        return self.send_stream._send_some(data)
+
+    def wait_writable(self) -> Any:
+        """See :meth:`RingByteSendStream.wait_writable`."""
+        return self.send_stream.wait_writable()
+
+    async def send_eof(self) -> None:
+        """Close the sending direction; the peer receives end of stream.
+
+        Sending afterwards raises ``ClosedResourceError``; calling it again
+        does nothing. Raises ``BusyResourceError`` while a task is sending
+        (or waiting to): half-closing under it would cut its data short.
+        """
+        self.send_stream._check_send()
+        await self.send_stream.aclose()
+
+    def statistics(self) -> tuple[RingStatistics, RingStatistics]:
+        """The (send, receive) rings' statistics."""
+        return self.send_stream.statistics(), self.receive_stream.statistics()
+
+    def close(self) -> None:
+        """Close both directions (idempotent)."""
+        self.send_stream.close()
+        self.receive_stream.close()
+
+    async def aclose(self) -> None:
+        """Close both directions (idempotent, also when cancelled)."""
+        self.close()
+        await checkpoint()
+
+    def __repr__(self) -> str:
+        return (
+            f"<RingStream send={self.send_stream._describe()} "
+            f"receive={self.receive_stream._describe()}>"
+        )
+
+
+# ---------------------------------------------------------------------------
+# factories
+
+
+def _new_ring(
+    capacity: int, mode: int
+) -> tuple[SharedMemory, int, int, socket.socket, socket.socket]:
+    """A fresh ring: the segment, the receiver's and the sender's doorbells
+    (fds), and the receiver's and the sender's liveness sockets."""
+    segment = create_shared_memory(_HEADER_SIZE + capacity)
+    fds: list[int] = []
+    try:
+        hdr = segment.buffer[:_HEADER_SIZE].cast("Q")
+        hdr[_W_MAGIC] = _MAGIC
+        hdr[_W_VERSION] = _VERSION
+        hdr[_W_MODE] = mode
+        hdr[_W_CAPACITY] = capacity
+        hdr[_W_DATA_OFFSET] = _HEADER_SIZE
+        hdr.release()
+        flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
+        fds.append(os.eventfd(0, flags))
+        fds.append(os.eventfd(0, flags))
+        # close-on-exec, as every socket Python creates
+        rsock, ssock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        segment.close()
+        raise
+    return segment, fds[0], fds[1], rsock, ssock
+
+
+def _make_pair(
+    capacity: int, spin_us: float, receiver_cls: Any, sender_cls: Any
+) -> tuple[Any, Any]:
+    segment, rx_bell, tx_bell, rsock, ssock = _new_ring(capacity, receiver_cls._mode)
+    receiver = sender = None
+    try:
+        receiver = receiver_cls(
+            segment,
+            FdHandle(rx_bell, "ring doorbell"),
+            FdHandle(tx_bell, "ring doorbell"),
+            rsock,
+            spin_us,
+        )
+        sender = sender_cls(
+            SharedMemory.from_fd(os.dup(segment.fileno())),
+            FdHandle(os.dup(tx_bell), "ring doorbell"),
+            FdHandle(os.dup(rx_bell), "ring doorbell"),
+            ssock,
+            spin_us,
+        )
+    except BaseException:
+        if receiver is not None:
+            receiver._handed_off = True
+            receiver.close()
+        else:
+            segment.close()
+            os.close(rx_bell)
+            os.close(tx_bell)
+            rsock.close()
+        ssock.close()
+        raise
+    return receiver, sender
+
+
+def create_ring(
+    capacity: int = DEFAULT_RING_CAPACITY, *, spin_us: float = 0
+) -> tuple[RingReceiver, RingSender]:
+    """Create a message ring in anonymous shared memory: ``(receiver, sender)``.
+
+    ``capacity`` is the size of the data area, a power of two of at least
+    4096 bytes; the largest message is ``capacity // 2 - 8`` bytes. Give one
+    end to another process with ``aipc.open_process(..., handoff=...)`` or
+    ``send_objects``, and close this process's copy of it. ``spin_us``: how
+    long each end busy-waits before sleeping (0, the default, never does;
+    see docs/rings.md for what spinning costs).
+
+    Raises ``TypeError`` / ``ValueError`` for a bad capacity,
+    ``LimitExceededError`` if the memory is not available, and
+    ``NotImplementedError`` on a machine other than x86-64 (see the module
+    documentation: the ring relies on x86-64's memory ordering).
+    """
+    _check_platform()
+    capacity = _check_capacity(capacity)
+    spin_us = _check_spin(spin_us)
+    receiver, sender = _make_pair(capacity, spin_us, RingReceiver, RingSender)
+    return receiver, sender
+
+
+def create_byte_ring(
+    capacity: int = DEFAULT_RING_CAPACITY, *, spin_us: float = 0
+) -> tuple[RingByteReceiveStream, RingByteSendStream]:
+    """Create a one-way byte ring: ``(receive_stream, send_stream)``.
+
+    The anyio byte-stream counterpart of :func:`create_ring`, like a pipe
+    with a ``capacity``-byte buffer in shared memory. Same arguments and
+    errors as :func:`create_ring`.
+    """
+    _check_platform()
+    capacity = _check_capacity(capacity)
+    spin_us = _check_spin(spin_us)
+    receive, send = _make_pair(
+        capacity, spin_us, RingByteReceiveStream, RingByteSendStream
+    )
+    return receive, send
+
+
+def create_ring_stream_pair(
+    capacity: int = DEFAULT_RING_CAPACITY, *, spin_us: float = 0
+) -> tuple[RingStream, RingStream]:
+    """Create two connected two-way byte streams over two byte rings.
+
+    What one sends the other receives, each direction with a
+    ``capacity``-byte ring. Same arguments and errors as :func:`create_ring`.
+    """
+    _check_platform()
+    capacity = _check_capacity(capacity)
+    spin_us = _check_spin(spin_us)
+    a_receive, b_send = _make_pair(
+        capacity, spin_us, RingByteReceiveStream, RingByteSendStream
+    )
+    try:
+        b_receive, a_send = _make_pair(
+            capacity, spin_us, RingByteReceiveStream, RingByteSendStream
+        )
+    except BaseException:
+        a_receive.close()
+        b_send.close()
+        raise
+    return RingStream(a_send, a_receive), RingStream(b_send, b_receive)
