@@ -281,6 +281,9 @@ class _RingEnd:
         self._mask = cap - 1
         self._data = buffer[_HEADER_SIZE : _HEADER_SIZE + cap]
         self._dq = self._data.cast("Q")
+        # slicing the mmap itself copies in one step: bytes(view[a:b]) costs
+        # several times more (a temporary view, then the generic buffer path)
+        self._mm = segment._map
         # the wait set first: it is the only step that can fail (EMFILE), and
         # the caller still owns the descriptors if it does
         self._waitset = WaitSet(f"ring {self._role} wait set")
@@ -664,25 +667,31 @@ class _Sending(_RingEnd):
             hdr[_W_RX_CLOSED]
         )
 
+    def _broken(self) -> anyio.BrokenResourceError:
+        return anyio.BrokenResourceError(
+            "the ring's receiver is closed"
+            if self._hdr[_W_RX_CLOSED]
+            else "the ring's receiver died without closing it"
+        )
+
+    def _reload_tail(self) -> int:
+        """Read the receiver's tail; return the free bytes."""
+        tail = self._hdr[_W_TAIL]
+        if not 0 <= self._head - tail <= self._cap:
+            raise _corrupt(f"head {self._head}, tail {tail}")
+        self._tail = tail
+        return self._cap - (self._head - tail)
+
     def _free(self, need: int) -> int:
         """Free bytes, reloading tail only when the last one seen leaves fewer
         than ``need``; raises if this end is closed or the receiver is gone."""
         if self._closed:
             raise anyio.ClosedResourceError
-        hdr = self._hdr
-        if hdr[_W_RX_CLOSED] or self._peer_gone:
-            raise anyio.BrokenResourceError(
-                "the ring's receiver is closed"
-                if hdr[_W_RX_CLOSED]
-                else "the ring's receiver died without closing it"
-            )
+        if self._hdr[_W_RX_CLOSED] or self._peer_gone:
+            raise self._broken()
         free = self._cap - (self._head - self._tail)
         if free < need:
-            tail = hdr[_W_TAIL]
-            if not 0 <= self._head - tail <= self._cap:
-                raise _corrupt(f"head {self._head}, tail {tail}")
-            self._tail = tail
-            free = self._cap - (self._head - tail)
+            free = self._reload_tail()
         return free
 
     async def _wait_space(self, need: int) -> None:
@@ -701,10 +710,6 @@ class _Sending(_RingEnd):
 
 # ---------------------------------------------------------------------------
 # message mode
-
-
-def _record_size(n: int) -> int:
-    return 8 + ((n + 7) & ~7)
 
 
 class RingLease:
@@ -788,23 +793,57 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
             off = 0
             word = self._dq[0]
         n = word >> 1
-        size = _record_size(n)
+        size = 8 + ((n + 7) & -8)
         if size > avail or off + size > self._cap:
             raise _corrupt(f"a record of {n} bytes at offset {off}")
         return off, n, tail + size
 
-    def _take(self) -> bytes | None:
+    def _take_many(self, max_items: int) -> list[bytes]:
+        """Copy out up to ``max_items`` messages; give their room back once."""
         if self._lease is not None:
             raise anyio.BusyResourceError("holding a lease on")
-        where = self._locate()
-        if where is None:
-            return None
-        off, n, tail = where
-        item = bytes(self._data[off + 8 : off + 8 + n])
+        if not self._available():
+            return []
+        items: list[bytes] = []
+        append = items.append
+        mm = self._mm
+        dq = self._dq
+        cap = self._cap
+        mask = cap - 1
+        tail = self._tail
+        head = self._head
+        nbytes = 0
+        while len(items) < max_items:
+            if tail == head:
+                # what was published meanwhile belongs to this batch too
+                head = self._hdr[_W_HEAD]
+                if head == tail:
+                    break
+                if not 0 < head - tail <= cap:
+                    raise _corrupt(f"head {head}, tail {tail}")
+                self._head = head
+            off = tail & mask
+            word = dq[off >> 3]
+            if word & 1:  # padding: the message starts at offset 0
+                tail += cap - off
+                off = 0
+                word = dq[0]
+            n = word >> 1
+            size = 8 + ((n + 7) & -8)
+            if size > head - tail or off + size > cap:
+                raise _corrupt(f"a record of {n} bytes at offset {off}")
+            start = _HEADER_SIZE + 8 + off
+            append(mm[start : start + n])
+            nbytes += n
+            tail += size
+        self._messages += len(items)
+        self._bytes += nbytes
         self._publish_tail(tail)
-        self._messages += 1
-        self._bytes += n
-        return item
+        return items
+
+    def _take(self) -> bytes | None:
+        items = self._take_many(1)
+        return items[0] if items else None
 
     def receive_nowait(self) -> bytes:
         """Take the next message without waiting (not a checkpoint).
@@ -866,22 +905,8 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         try:
             await checkpoint()
             while True:
-                if self._lease is not None:
-                    raise anyio.BusyResourceError("holding a lease on")
-                items: list[bytes] = []
-                data = self._data
-                tail = self._tail
-                while len(items) < max_items:
-                    where = self._locate()
-                    if where is None:
-                        break
-                    off, n, tail = where
-                    items.append(bytes(data[off + 8 : off + 8 + n]))
-                    self._tail = tail  # local: published once below
-                    self._bytes += n
+                items = self._take_many(max_items)
                 if items:
-                    self._publish_tail(tail)
-                    self._messages += len(items)
                     return items
                 await self._wait_data()
         finally:
@@ -963,15 +988,21 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
                 "create the ring with a larger capacity",
             )
 
-    def _write(self, data: bytes | bytearray | memoryview, n: int) -> int:
+    def _write(self, data: _Bytes, n: int) -> int:
         """Write one record at head if it fits; return the new head, or 0 if
         there is no room (then ``_need`` says how much is needed)."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        hdr = self._hdr
+        if hdr[_W_RX_CLOSED] or self._peer_gone:
+            raise self._broken()
         head = self._head
-        off = head & self._mask
-        size = _record_size(n)
-        to_end = self._cap - off
+        cap = self._cap
+        off = head & (cap - 1)
+        size = 8 + ((n + 7) & -8)
+        to_end = cap - off
         need = size if size <= to_end else to_end + size
-        if self._free(need) < need:
+        if cap - (head - self._tail) < need and self._reload_tail() < need:
             self._need = need
             return 0
         dq = self._dq
@@ -981,7 +1012,8 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
             off = 0
         dq[off >> 3] = n << 1
         if n:
-            self._data[off + 8 : off + 8 + n] = data
+            start = _HEADER_SIZE + 8 + off
+            self._mm[start : start + n] = data
         self._bytes += n
         return head + size
 
@@ -1043,22 +1075,55 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
         self._check_send()
         return self._write_many(datas, 0)
 
-    def _write_many(
-        self, datas: Sequence[bytes | bytearray | memoryview], i: int
-    ) -> int:
+    def _write_many(self, datas: Sequence[_Bytes], i: int) -> int:
         """Write datas[i:] while they fit; publish once; return the new i."""
-        start = i
+        if self._closed:
+            raise anyio.ClosedResourceError
+        hdr = self._hdr
+        if hdr[_W_RX_CLOSED] or self._peer_gone:
+            raise self._broken()
+        start_i = i
         count = len(datas)
+        head = self._head
+        cap = self._cap
+        mask = cap - 1
+        dq = self._dq
+        mm = self._mm
+        free = cap - (head - self._tail)
+        nbytes = 0
         while i < count:
             data = datas[i]
-            head = self._write(data, len(data))
-            if not head:
-                break
-            self._head = head  # local: published once below
+            n = len(data)
+            off = head & mask
+            size = 8 + ((n + 7) & -8)
+            to_end = cap - off
+            need = size if size <= to_end else to_end + size
+            if free < need:
+                # the receiver's tail, against our unpublished head
+                tail = hdr[_W_TAIL]
+                if not 0 <= self._head - tail <= cap:
+                    raise _corrupt(f"head {self._head}, tail {tail}")
+                self._tail = tail
+                free = cap - (head - tail)
+                if free < need:
+                    self._need = need
+                    break
+            if size > to_end:
+                dq[off >> 3] = 1  # padding to the end of the area
+                head += to_end
+                off = 0
+            dq[off >> 3] = n << 1
+            if n:
+                start = _HEADER_SIZE + 8 + off
+                mm[start : start + n] = data
+            nbytes += n
+            head += size
+            free -= need
             i += 1
-        if i > start:
-            self._messages += i - start
-            self._publish_head(self._head)
+        if i > start_i:
+            self._bytes += nbytes
+            self._messages += i - start_i
+            self._publish_head(head)
         return i
 
     async def send_many(self, items: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -1136,11 +1201,15 @@ class RingByteReceiveStream(_Receiving, ByteReceiveStream):
         tail = self._tail
         off = tail & self._mask
         first = self._cap - off
-        data = self._data
+        mm = self._mm
+        start = _HEADER_SIZE + off
         if n <= first:
-            out = bytes(data[off : off + n])
+            out = mm[start : start + n]
         else:
-            out = b"".join((data[off:], data[: n - first]))
+            out = (
+                mm[start : _HEADER_SIZE + self._cap]
+                + mm[_HEADER_SIZE : _HEADER_SIZE + n - first]
+            )
         self._publish_tail(tail + n)
         self._messages += 1
         self._bytes += n
