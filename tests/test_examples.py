@@ -27,6 +27,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES_DIR = PROJECT_ROOT / "examples"
 DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
 
+UNIX_SERVICE = [
+    "service: listening, socket files mode 600",
+    "service: admitted a peer running as this user: True",
+    "client: user.sock knows my pid: True",
+    "client: admin.sock closed the connection",
+    "service: admin.sock accepted 0, refused 1",
+    "service: socket files removed: True",
+]
+
 #: example script -> lines it must print
 EXPECTED = {
     "pass_pipe_to_unrelated_process.py": [
@@ -35,6 +44,14 @@ EXPECTED = {
     ],
     "pipe_child_asyncio.py": ["consumer got 100 messages"],
     "pipe_child_trio.py": ["consumer got 100 messages"],
+    "channel_pipe_trio.py": [
+        "worker squared 20 numbers; sum 2470",
+        "worker exited with 0",
+    ],
+    "channel_tcp_asyncio.py": [
+        "client got 10 results; sum 285",
+        "server handled 10 jobs, exit code 0",
+    ],
     "eventfd_wakeup.py": ["counter mode: one wait took 6", "parent woke 5 times"],
     "fifo_rendezvous.py": ["reader got 100 lines from 2 writers"],
     "lock_shared_by_asyncio_and_trio.py": [
@@ -66,6 +83,8 @@ EXPECTED = {
         "worker 2 exited with 0",
         "stopped after 1 restart",
     ],
+    "unix_service_peer_uid.py": UNIX_SERVICE,
+    "unix_service_peer_uid_trio.py": UNIX_SERVICE,
     "wait_for_anything.py": [
         "pipe: b'hello from the child'",
         "SIGUSR1 from the child, value 42",
