@@ -298,6 +298,7 @@ class _RingEnd:
         self._sock = sock
         self._sock_handle = FdHandle(sock.fileno(), "ring socket", closer=sock.close)
         self._closed = False
+        self._yielded = False  # whether the current operation has slept
         self._handed_off = False
         self._peer_gone = False
         self._busy = False
@@ -466,6 +467,7 @@ class _RingEnd:
             if self._ready():
                 return
             self._waits += 1
+            self._yielded = True
             if not await self._waitset.wait(self._attempt):
                 self._peer_gone = True
         finally:
@@ -635,6 +637,31 @@ class _Receiving(_RingEnd):
                 "closed) without closing the ring"
             )
         await self._sleep()
+
+    async def _until_available(self) -> None:
+        """Return once something can be taken; a checkpoint either way.
+
+        When the ring is empty the wait itself is the schedule point, so a
+        receive that has to wait costs one pass of the event loop, not two
+        (the checkpoint-first order would yield once for nothing). When it is
+        not empty, or the wait ends without sleeping (spin, re-check), this
+        checkpoints before anything is taken, so a cancelled receive takes
+        nothing. End of stream and errors are checkpoints too.
+        """
+        self._yielded = False
+        try:
+            while not self._available():
+                await self._wait_data()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            if not self._yielded:
+                await checkpoint()
+            raise
+        except anyio.ClosedResourceError:
+            if not self._yielded:
+                await checkpoint()
+            raise
+        if not self._yielded:
+            await checkpoint()
 
     def _publish_tail(self, tail: int) -> None:
         self._tail = tail
@@ -845,6 +872,11 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         items = self._take_many(1)
         return items[0] if items else None
 
+    def _check_receive(self) -> None:
+        super()._check_receive()
+        if self._lease is not None:
+            raise anyio.BusyResourceError("holding a lease on")
+
     def receive_nowait(self) -> bytes:
         """Take the next message without waiting (not a checkpoint).
 
@@ -881,12 +913,10 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         self._check_receive()
         self._busy = True
         try:
-            await checkpoint()
-            while True:
-                item = self._take()
-                if item is not None:
-                    return item
-                await self._wait_data()
+            await self._until_available()
+            item = self._take()
+            assert item is not None  # one consumer: what was there still is
+            return item
         finally:
             self._busy = False
 
@@ -903,12 +933,8 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         self._check_receive()
         self._busy = True
         try:
-            await checkpoint()
-            while True:
-                items = self._take_many(max_items)
-                if items:
-                    return items
-                await self._wait_data()
+            await self._until_available()
+            return self._take_many(max_items)
         finally:
             self._busy = False
 
@@ -928,19 +954,15 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         self._check_receive()
         self._busy = True
         try:
-            await checkpoint()
-            while True:
-                if self._lease is not None:
-                    raise anyio.BusyResourceError("holding a lease on")
-                where = self._locate()
-                if where is not None:
-                    off, n, tail = where
-                    view = self._data[off + 8 : off + 8 + n].toreadonly()
-                    self._lease = lease = RingLease(self, view, tail)
-                    self._messages += 1
-                    self._bytes += n
-                    return lease
-                await self._wait_data()
+            await self._until_available()
+            where = self._locate()
+            assert where is not None  # one consumer: what was there still is
+            off, n, tail = where
+            view = self._data[off + 8 : off + 8 + n].toreadonly()
+            self._lease = lease = RingLease(self, view, tail)
+            self._messages += 1
+            self._bytes += n
+            return lease
         finally:
             self._busy = False
 
@@ -1231,12 +1253,8 @@ class RingByteReceiveStream(_Receiving, ByteReceiveStream):
         self._check_receive()
         self._busy = True
         try:
-            await checkpoint()
-            while True:
-                out = self._take(max_bytes)
-                if out:
-                    return out
-                await self._wait_data()
+            await self._until_available()
+            return self._take(max_bytes)
         finally:
             self._busy = False
 
