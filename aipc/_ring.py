@@ -298,7 +298,6 @@ class _RingEnd:
         self._sock = sock
         self._sock_handle = FdHandle(sock.fileno(), "ring socket", closer=sock.close)
         self._closed = False
-        self._yielded = False  # whether the current operation has slept
         self._handed_off = False
         self._peer_gone = False
         self._busy = False
@@ -306,6 +305,8 @@ class _RingEnd:
         self._seq = seq + (seq & 1)  # a copy that died asleep left it odd
         self._signalled = -1  # the peer generation we last rang for
         self._spin_ns = int(spin_us * 1000)
+        self._wait = self._waitset.wait  # bound once: the hot path
+        self._attempt_cb = self._attempt
         self._messages = self._bytes = 0
         self._waits = self._wakeups = self._spins = 0
 
@@ -413,7 +414,14 @@ class _RingEnd:
         seq = self._hdr[self._W_PEER_SEQ]
         if seq & 1 and seq != self._signalled:
             self._signalled = seq
-            self._write_doorbell()
+            fd = self._peer_doorbell.fd
+            if fd < 0:
+                raise anyio.ClosedResourceError
+            try:
+                os.eventfd_write(fd, 1)
+            except BlockingIOError:
+                pass  # the count is at its maximum: the peer is woken anyway
+            self._wakeups += 1
 
     def _write_doorbell(self) -> None:
         fd = self._peer_doorbell.fd
@@ -447,17 +455,21 @@ class _RingEnd:
         self._sock.recv(65536, socket.MSG_DONTWAIT)
         raise BlockingIOError
 
+    def _spin(self) -> bool:
+        """Busy-wait up to the spin budget for the peer; whether it acted."""
+        ready = self._ready
+        deadline = perf_counter_ns() + self._spin_ns
+        while perf_counter_ns() < deadline:
+            if ready():
+                self._spins += 1
+                return True
+        return False
+
     async def _sleep(self) -> None:
         """The ring looked empty (full, for a sender): spin, then sleep until
         the peer rings or hangs up. The caller re-checks the ring after."""
-        spin_ns = self._spin_ns
-        if spin_ns:
-            ready = self._ready
-            deadline = perf_counter_ns() + spin_ns
-            while perf_counter_ns() < deadline:
-                if ready():
-                    self._spins += 1
-                    return
+        if self._spin_ns and self._spin():
+            return
         hdr = self._hdr
         seq = self._seq + 1
         hdr[self._W_MY_SEQ] = seq
@@ -467,8 +479,7 @@ class _RingEnd:
             if self._ready():
                 return
             self._waits += 1
-            self._yielded = True
-            if not await self._waitset.wait(self._attempt):
+            if not await self._wait(self._attempt_cb):
                 self._peer_gone = True
         finally:
             self._seq = seq + 1
@@ -621,23 +632,6 @@ class _Receiving(_RingEnd):
             self._head = head
         return self._head - tail
 
-    async def _wait_data(self) -> None:
-        """The ring is empty: end of stream, or sleep until it may not be."""
-        hdr = self._hdr
-        # the flag before head: the sender publishes its last head before the
-        # flag, so a set flag and an unchanged head mean nothing more comes
-        closed = hdr[_W_TX_CLOSED]
-        if hdr[_W_HEAD] != self._tail:
-            return
-        if closed:
-            raise anyio.EndOfStream
-        if self._peer_gone:
-            raise anyio.BrokenResourceError(
-                "the ring's sender died (or every copy of it was handed off and "
-                "closed) without closing the ring"
-            )
-        await self._sleep()
-
     async def _until_available(self) -> None:
         """Return once something can be taken; a checkpoint either way.
 
@@ -647,20 +641,62 @@ class _Receiving(_RingEnd):
         not empty, or the wait ends without sleeping (spin, re-check), this
         checkpoints before anything is taken, so a cancelled receive takes
         nothing. End of stream and errors are checkpoints too.
+
+        The sleep protocol (see the module docstring) is inlined here: this
+        is the hot path of every receive that finds the ring empty.
         """
-        self._yielded = False
+        yielded = False
         try:
-            while not self._available():
-                await self._wait_data()
+            while True:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                tail = self._tail
+                if self._head != tail:
+                    break
+                hdr = self._hdr
+                # the flag before head: the sender publishes its last head
+                # before the flag, so a set flag and an unchanged head mean
+                # that nothing more comes
+                closed = hdr[_W_TX_CLOSED]
+                head = hdr[_W_HEAD]
+                if head != tail:
+                    if not 0 < head - tail <= self._cap:
+                        raise _corrupt(f"head {head}, tail {tail}")
+                    self._head = head
+                    break
+                if closed:
+                    raise anyio.EndOfStream
+                if self._peer_gone:
+                    raise anyio.BrokenResourceError(
+                        "the ring's sender died (or every copy of it was handed "
+                        "off and closed) without closing the ring"
+                    )
+                if self._spin_ns and self._spin():
+                    continue
+                seq = self._seq + 1
+                hdr[_W_RX_SEQ] = seq  # "going to sleep"
+                _acquire()  # StoreLoad: the generation, then the re-check
+                _release()
+                try:
+                    if hdr[_W_HEAD] != tail or hdr[_W_TX_CLOSED]:
+                        continue
+                    self._waits += 1
+                    yielded = True
+                    if not await self._wait(self._attempt_cb):
+                        self._peer_gone = True
+                finally:
+                    self._seq = seq + 1
+                    if not self._closed:
+                        hdr[_W_RX_SEQ] = seq + 1
         except (anyio.EndOfStream, anyio.BrokenResourceError):
-            if not self._yielded:
+            if not yielded:
                 await checkpoint()
             raise
         except anyio.ClosedResourceError:
-            if not self._yielded:
+            if not yielded:
                 await checkpoint()
             raise
-        if not self._yielded:
+        if not yielded:
             await checkpoint()
 
     def _publish_tail(self, tail: int) -> None:
@@ -869,8 +905,31 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         return items
 
     def _take(self) -> bytes | None:
-        items = self._take_many(1)
-        return items[0] if items else None
+        if not self._available():
+            return None
+        return self._take_one()
+
+    def _take_one(self) -> bytes:
+        """Copy out the next message, known to be there (``_head`` ahead)."""
+        tail = self._tail
+        cap = self._cap
+        off = tail & (cap - 1)
+        dq = self._dq
+        word = dq[off >> 3]
+        if word & 1:  # padding: the message starts at offset 0
+            tail += cap - off
+            off = 0
+            word = dq[0]
+        n = word >> 1
+        size = 8 + ((n + 7) & -8)
+        if size > self._head - tail or off + size > cap:
+            raise _corrupt(f"a record of {n} bytes at offset {off}")
+        start = _HEADER_SIZE + 8 + off
+        item = self._mm[start : start + n]
+        self._messages += 1
+        self._bytes += n
+        self._publish_tail(tail + size)
+        return item
 
     def _check_receive(self) -> None:
         super()._check_receive()
@@ -914,9 +973,7 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         self._busy = True
         try:
             await self._until_available()
-            item = self._take()
-            assert item is not None  # one consumer: what was there still is
-            return item
+            return self._take_one()
         finally:
             self._busy = False
 
@@ -1068,10 +1125,12 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
 
         **Cancellation:** nothing was sent. A message is never half-sent.
         """
-        data = _as_bytes(item)
+        data = item if type(item) is bytes else _as_bytes(item)
         n = len(data)
-        self._check_size(n)
-        self._check_send()
+        if n > (self._cap >> 1) - 8:
+            self._check_size(n)
+        if self._busy:
+            raise anyio.BusyResourceError("sending to")
         self._busy = True
         try:
             await checkpoint()
