@@ -63,6 +63,15 @@ EXPECTED = {
         "producer sent 20 jobs",
         "3 workers squared 20 numbers; sum 2870",
     ],
+    "ring_producer_consumer_asyncio.py": [
+        "first message, read in place: item 0",
+        "consumer got 1000 messages, sum 499500",
+    ],
+    "ring_rendezvous_trio.py": [
+        "producer a: 100 messages",
+        "producer b: 100 messages",
+        "consumer got 200 messages from 2 producers",
+    ],
     "supervisor_asyncio.py": [
         "worker 1 started: hello, world",
         "reloaded config: greeting=hi",
