@@ -1613,8 +1613,9 @@ async def test_receive_in_a_cancelled_scope_raises(
         # readiness wait; on uvloop the reader callback can complete it in the
         # loop iteration before anyio delivers the cancellation, which anyio
         # then skips (the task's waiter is done). Nothing is lost; pipes too.
+        # (Not strict: it depends on the order of one loop iteration.)
         request.applymarker(
-            pytest.mark.xfail(strict=True, reason="aipc/_core: uvloop, short read")
+            pytest.mark.xfail(strict=False, reason="aipc/_core: uvloop, short read")
         )
     for kind in kinds:
         async with _endpoints(kind) as (send, receive):
