@@ -2129,11 +2129,13 @@ def test_clean_removes_a_dead_owners_socket_but_not_a_live_one(sock_dir: str) ->
 
         removed = aipc.clean()
 
-        assert stale in [o.name for o in removed]
+        assert [o.name for o in removed] == [stale]
         assert not os.path.exists(stale)
         assert not _records(stale)
-        # the listener lives on in the holder: its file stays, and it serves
+        # the listener lives on in the holder: its file and record stay, and
+        # it serves
         assert stat.S_ISSOCK(os.lstat(live).st_mode)
+        assert len(_records(live)) == 1
         with socket.socket(socket.AF_UNIX) as client:
             client.settimeout(10)
             client.connect(live)

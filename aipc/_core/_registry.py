@@ -174,6 +174,7 @@ def unix_socket_is_live(path: str) -> bool | None:
 
 
 def _remove_unix_socket(obj: NamedObject) -> None:
+    # clean() checked that nobody listens (_IN_USE); check again just before
     if _probe_path(obj) and unix_socket_is_live(obj.name) is False:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(obj.name)
@@ -316,6 +317,10 @@ _PROBES: dict[str, Callable[[NamedObject], bool]] = {
     "sysv-semaphore": _probe_sysv,
     "sysv-message-queue": _probe_sysv,
 }
+#: kinds whose objects may outlive their creator in use: never cleaned then
+_IN_USE: dict[str, Callable[[NamedObject], bool]] = {
+    "unix-socket": lambda obj: unix_socket_is_live(obj.name) is not False,
+}
 _REMOVERS: dict[str, Callable[[NamedObject], None]] = {
     "fifo": _remove_path,
     "unix-socket": _remove_unix_socket,
@@ -394,11 +399,18 @@ def clean(*, dry_run: bool = False) -> list[NamedObject]:
     """Remove objects whose creator is dead and forget their records.
 
     An object whose name now belongs to something else (identity differs) is
-    left alone; only its stale record goes. Returns the objects removed.
+    left alone; only its stale record goes. A socket somebody still listens on
+    (a listener the dead creator handed to another process) is kept, with its
+    record. Returns the objects removed.
     """
     removed = []
     for obj in list_objects():
         if obj.owner_alive:
+            continue
+        in_use = _IN_USE.get(obj.kind)
+        if in_use is not None and obj.exists() and in_use(obj):
+            # the creator is dead but the object still serves someone (a
+            # listening socket it passed on): keep it, and its record
             continue
         if dry_run:
             if obj.exists():
