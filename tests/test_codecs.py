@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aipc
@@ -160,6 +160,7 @@ _values = st.recursive(
 )
 
 
+@settings(max_examples=50, deadline=None)
 @given(_values)
 def test_msgpack_round_trips_any_plain_value(value: object) -> None:
     codec = aipc.MsgpackCodec()
