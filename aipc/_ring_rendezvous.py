@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from typing import Any, Generic, Literal, TypeVar, overload
 
+import anyio
 from anyio.abc import AsyncResource
 
 from ._core._fd import checkpoint
@@ -257,7 +258,13 @@ async def connect_ring(name: str, *, kind: RingKind = "messages") -> Any:
                 f"the ring listener {name!r} runs as uid {uid}, not as this "
                 f"user ({os.getuid()}): it may be squatting the name"
             )
-        objects = await conn.receive_objects()
+        try:
+            objects = await conn.receive_objects()
+        except anyio.EndOfStream:
+            raise anyio.BrokenResourceError(
+                f"the ring listener {name!r} closed the connection without "
+                "sending a ring"
+            ) from None
     finally:
         await conn.aclose()
     if len(objects) != 1 or type(objects[0]) is not expected:

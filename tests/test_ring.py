@@ -613,6 +613,14 @@ async def test_rendezvous_errors() -> None:
                 with pytest.raises(TypeError, match="not a RingSender"):
                     await aipc.connect_ring(name)
 
+                async def hang_up() -> None:
+                    conn = await lst._listener.accept()
+                    await conn.aclose()
+
+                tg.start_soon(hang_up)
+                with pytest.raises(anyio.BrokenResourceError, match="without"):
+                    await aipc.connect_ring(name, kind="bytes")
+
 
 # ---------------------------------------------------------------------------
 # across processes: a million messages, peer death, the wake-up protocol
