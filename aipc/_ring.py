@@ -117,6 +117,7 @@ __all__ = [
     "RingByteReceiveStream",
     "RingByteSendStream",
     "RingLease",
+    "RingLoan",
     "RingReceiver",
     "RingSender",
     "RingStatistics",
@@ -819,6 +820,76 @@ class RingLease:
         return f"<RingLease {state}>"
 
 
+class RingLoan:
+    """Room for one message, lent by :meth:`RingSender.loan`: fill, then commit.
+
+    :attr:`data` is a writable memoryview of ``size`` bytes in the ring
+    itself: write the message there (no copy on the sending side either) and
+    :meth:`commit` it, or :meth:`abort`. As a context manager it commits when
+    the block ends normally and aborts when it raises::
+
+        with await sender.loan(len(frame)) as buf:
+            buf[:] = frame
+
+    Until then the sender is busy (other sends raise ``BusyResourceError``);
+    nothing is visible to the receiver before the commit.
+    """
+
+    __slots__ = ("_head", "_owner", "_start", "data")
+
+    def __init__(
+        self, owner: RingSender, data: memoryview, start: int, head: int
+    ) -> None:
+        self._owner: RingSender | None = owner
+        self.data = data
+        self._start = start  # the head before (padding included)
+        self._head = head  # where the record starts
+
+    @property
+    def done(self) -> bool:
+        """Whether the loan was committed or aborted."""
+        return self._owner is None
+
+    def commit(self, size: int | None = None) -> None:
+        """Publish the message: its first ``size`` bytes (default: all).
+
+        Raises ``ValueError`` for a size beyond the loan, ``RuntimeError`` if
+        the loan is done, and what :meth:`RingSender.send` raises if the ring
+        was closed meanwhile (then nothing is sent).
+        """
+        owner = self._owner
+        if owner is None:
+            raise RuntimeError("this loan was committed or aborted already")
+        n = len(self.data) if size is None else check_int("size", size)
+        if not 0 <= n <= len(self.data):
+            raise ValueError(f"size must be between 0 and {len(self.data)}, got {n}")
+        self._owner = None
+        self.data.release()
+        owner._end_loan(self, n)
+
+    def abort(self) -> None:
+        """Give the room back unsent (idempotent)."""
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            self.data.release()
+            owner._end_loan(self, None)
+
+    def __enter__(self) -> memoryview:
+        return self.data
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._owner is None:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def __repr__(self) -> str:
+        state = "done" if self._owner is None else f"{len(self.data)}B"
+        return f"<RingLoan {state}>"
+
+
 class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
     """The receiving end of a message ring (``ObjectReceiveStream[bytes]``).
 
@@ -1050,6 +1121,7 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
     """
 
     _kind = "ring-sender"
+    _loan: RingLoan | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -1095,6 +1167,71 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
             self._mm[start : start + n] = data
         self._bytes += n
         return head + size
+
+    async def loan(self, size: int) -> RingLoan:
+        """Wait for room for a ``size``-byte message and lend it (zero copy).
+
+        Write the message into ``loan.data`` and commit it (see
+        :class:`RingLoan`); the receiver sees nothing before. Raises
+        ``LimitExceededError`` for a size above :attr:`max_message_size` and
+        what :meth:`send` raises. **Cancellation:** nothing is lent or sent.
+        """
+        n = check_int("size", size)
+        if n < 0:
+            raise ValueError(f"size must be >= 0, got {n}")
+        self._check_size(n)
+        self._check_send()
+        self._busy = True
+        try:
+            await checkpoint()
+            while True:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if self._hdr[_W_RX_CLOSED] or self._peer_gone:
+                    raise self._broken()
+                head = self._head
+                cap = self._cap
+                off = head & (cap - 1)
+                size_ = 8 + ((n + 7) & -8)
+                to_end = cap - off
+                need = size_ if size_ <= to_end else to_end + size_
+                if cap - (head - self._tail) >= need or self._reload_tail() >= need:
+                    break
+                await self._wait_space(need)
+        except BaseException:
+            self._busy = False
+            raise
+        start = head
+        if size_ > to_end:
+            head += to_end
+            off = 0
+        view = self._data[off + 8 : off + 8 + n]
+        self._loan = loan = RingLoan(self, view, start, head)
+        return loan  # busy until it ends
+
+    def _close_lease(self) -> None:
+        loan = self._loan
+        if loan is not None:
+            loan._owner = None
+            loan.data.release()
+            self._loan = None
+
+    def _end_loan(self, loan: RingLoan, n: int | None) -> None:
+        self._busy = False
+        self._loan = None
+        if n is None or self._closed:
+            return
+        if self._hdr[_W_RX_CLOSED] or self._peer_gone:
+            raise self._broken()
+        dq = self._dq
+        start, head = loan._start, loan._head
+        mask = self._cap - 1
+        if head != start:
+            dq[(start & mask) >> 3] = 1  # padding to the end of the area
+        dq[(head & mask) >> 3] = n << 1
+        self._bytes += n
+        self._messages += 1
+        self._publish_head(head + 8 + ((n + 7) & -8))
 
     def send_nowait(self, item: bytes | bytearray | memoryview) -> None:
         """Send ``item`` if there is room now (not a checkpoint).

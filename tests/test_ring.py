@@ -325,6 +325,40 @@ async def test_lease() -> None:
     assert held.released
 
 
+async def test_loan() -> None:
+    """A sender writes in place: nothing is visible before the commit."""
+    rx, tx = aipc.create_ring(SMALL)
+    async with rx, tx:
+        with await tx.loan(5) as buf:
+            buf[:] = b"hello"
+            with pytest.raises(anyio.WouldBlock):
+                rx.receive_nowait()
+            with pytest.raises(anyio.BusyResourceError):
+                await tx.send(b"x")
+        assert await rx.receive() == b"hello"
+        loan = await tx.loan(100)
+        loan.data[:3] = b"abc"
+        loan.commit(3)  # a shorter message than the room asked for
+        assert loan.done
+        with pytest.raises(RuntimeError, match="committed or aborted"):
+            loan.commit()
+        assert await rx.receive() == b"abc"
+        with pytest.raises(ZeroDivisionError), await tx.loan(10) as buf:
+            buf[:1] = b"x"
+            raise ZeroDivisionError
+        with pytest.raises(anyio.WouldBlock):
+            rx.receive_nowait()
+        # loans wrap around the end of the area like any record
+        for i in range(20):
+            with await tx.loan(1000) as buf:
+                buf[:] = bytes([i]) * 1000
+            assert await rx.receive() == bytes([i]) * 1000
+        with pytest.raises(aipc.LimitExceededError):
+            await tx.loan(SMALL)
+        held = await tx.loan(8)
+    assert held.done
+
+
 async def test_corrupt_ring_is_detected() -> None:
     rx, tx = aipc.create_ring(SMALL)
     async with rx, tx:
