@@ -433,6 +433,7 @@ class SysVMessageQueue(ObjectSendStream[bytes], ObjectReceiveStream[bytes]):
             return message
         msqid = self._q.id
         while True:
+            self._check_open()  # aclose() may have begun since the last wait
             message = await self._bridged(
                 partial(_wait_for_message, msqid, wanted), self._put_back
             )
