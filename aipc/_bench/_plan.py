@@ -477,7 +477,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         backends=("asyncio", "uvloop"),
         requires=("zmq", "msgspec"),
         round_every=2,
-        divisor=4,
+        divisor=2,
         note="the pyzmq objects row with zmq.asyncio sockets (await send / await "
         "recv), on asyncio and uvloop (the aipc rows' backends)",
     ),
