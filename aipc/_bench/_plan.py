@@ -277,6 +277,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         capacity=False,
         reference="anyio-unix",
         round_every=2,
+        divisor=2,
         note="the peer listens with aipc.create_unix_listener (an abstract "
         "name), the driver connects with aipc.connect_unix_stream; ratio: ÷ "
         "anyio UNIX stream on the same backend and placement",
@@ -292,7 +293,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
         capacity=False,
         reference="anyio-seqpacket",
         chunks=(64 * KIB,),
-        round_every=2,
+        round_every=3,
+        divisor=2,
         note="create_unix_listener(kind='seqpacket') / connect_unix_seqpacket; "
         "one message per send and receive, so no 1 MiB column (a message must "
         "fit the socket buffer); ratio: ÷ anyio UNIX seqpacket",
@@ -449,6 +451,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         msgs=True,
         capacity=False,
         round_every=2,
+        divisor=2,
         note="anyio.create_unix_listener / anyio.connect_unix, on the backend(s) "
         "of the aipc rows",
     ),
@@ -462,7 +465,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
         msgs=True,
         capacity=False,
         chunks=(64 * KIB,),
-        round_every=2,
+        round_every=3,
+        divisor=2,
         note="the same with kind=SOCK_SEQPACKET; receive(65536) returns one message",
     ),
     Mechanism(
