@@ -2212,3 +2212,25 @@ async def test_repr_and_statistics(sock_dir: str) -> None:
         assert repr(b) == (
             f"<ConnectedUnixDatagramSocket fd={b.fileno()} received=1 sent=0>"
         )
+
+
+async def test_max_size_of_pairs_and_accepted_seqpacket(sock_dir: str) -> None:
+    a, b = aipc.create_unix_socket_pair("seqpacket", max_size=100_000)
+    async with a, b:
+        assert b.max_size == 100_000
+        await a.send(b"x" * 90_000)
+        with anyio.fail_after(5):
+            assert len(await b.receive()) == 90_000
+    c, d = aipc.create_unix_socket_pair("datagram", max_size=10)
+    async with c, d:
+        await c.send(b"x" * 11)
+        with anyio.fail_after(5), pytest.raises(aipc.LimitExceededError):
+            await d.receive()
+    path = os.path.join(sock_dir, "big")
+    listener = aipc.create_unix_listener(path, kind="seqpacket", max_size=200_000)
+    async with listener, await aipc.connect_unix_seqpacket(path):
+        with anyio.fail_after(5):
+            async with await listener.accept() as server:
+                assert server.max_size == 200_000
+    with pytest.raises(ValueError, match="max_size must be at least 1"):
+        aipc.create_unix_socket_pair("seqpacket", max_size=0)
