@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,6 +106,8 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
         "seqpacket",
         "channel",
         "channel-pipe",
+        "ring",
+        "ring-spin",
     ):
         for backend in ("asyncio", "uvloop", "trio"):
             for placement in placements:
@@ -231,12 +234,129 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
             assert not row["failed"], key
             assert row["rtt"]["median_us"] > 0
             assert row["msgs"]["per_s"] > 0
+    _check_ring_rows(rows, placements, ("asyncio", "uvloop", "trio"))
     # the bench removed its FIFOs, queues, semaphores and their registry records
     listing = _aipc("objects")
     assert listing.returncode == 0, listing.stderr
     assert "fifo" not in listing.stdout
     assert "aipc-bench" not in listing.stdout
     assert _bench_leftovers(pid) == []
+
+
+_HAS_ICEORYX2 = importlib.util.find_spec("iceoryx2") is not None
+
+#: The keys of the shared-memory ring rows and of their iceoryx2 peers.
+_RING_KEYS = "ring,ring-spin,ring-batched,ring-zero-copy"
+_ICEORYX2_KEYS = "iceoryx2,iceoryx2-blocking,iceoryx2-zero-copy"
+
+
+def _iceoryx2_files() -> set[str]:
+    """What iceoryx2 keeps on the machine: its shared memory in /dev/shm and
+    its state directory."""
+    found = {n for n in os.listdir("/dev/shm") if n.startswith("iox2_")}
+    if os.path.exists("/tmp/iceoryx2"):
+        found.add("/tmp/iceoryx2")
+    return found
+
+
+def _check_ring_rows(
+    rows: list[dict[str, Any]], placements: tuple[str, ...], backends: tuple[str, ...]
+) -> None:
+    """The ring rows: what each measures, and its ratio against the iceoryx2
+    row named in its note (if iceoryx2 is installed)."""
+    columns = {
+        "ring": ("rtt", ["64KiB", "1MiB"], True, "iceoryx2 (blocking)"),
+        "ring-spin": ("rtt", [], False, "iceoryx2 (busy poll)"),
+        "ring-batched": (None, [], True, "iceoryx2 (busy poll)"),
+        "ring-zero-copy": (None, ["1MiB"], False, "iceoryx2 (in place)"),
+    }
+    for key, (rtt, chunks, msgs, peer) in columns.items():
+        ring_rows = [r for r in rows if r["mechanism"] == key]
+        assert {(r["backend"], r["placement"]) for r in ring_rows} == {
+            (b, p) for b in backends for p in placements
+        }, key
+        for row in ring_rows:
+            assert not row["failed"], row
+            assert (row["rtt"] is not None) == bool(rtt), row
+            assert sorted(row["throughput"]) == sorted(chunks), row
+            assert (row["msgs"] is not None) == msgs, row
+            if not _HAS_ICEORYX2:
+                assert row["reference"] is None, row
+                continue
+            assert row["reference"] == peer, row
+            for name in ((rtt,) if rtt else ()) + tuple(chunks):
+                if name != "64KiB":  # the iceoryx2 rows have no 64 KiB column
+                    assert row["vs_reference"][name] > 0, (row, name)
+            if msgs:
+                assert row["vs_reference"]["msgs"] > 0, row
+    if not _HAS_ICEORYX2:
+        return
+    for key, has_rtt, has_msgs in (
+        ("iceoryx2", True, True),
+        ("iceoryx2-blocking", True, True),
+        ("iceoryx2-zero-copy", False, False),
+    ):
+        peer_rows = [r for r in rows if r["mechanism"] == key]
+        assert {(r["backend"], r["placement"]) for r in peer_rows} == {
+            ("blocking", p) for p in placements
+        }, key
+        for row in peer_rows:
+            assert not row["failed"], row
+            assert not row["aipc"]
+            assert (row["rtt"] is not None) == has_rtt, row
+            assert (row["msgs"] is not None) == has_msgs, row
+            assert row["throughput"]["1MiB"]["gbps"] > 0, row
+
+
+@pytest.mark.timeout(120)
+def test_bench_ring_rows_beside_iceoryx2_leave_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    before = _iceoryx2_files()
+    out = tmp_path / "bench.json"
+    result, _ = _bench(
+        "--quick",
+        *("--mechanism", f"{_RING_KEYS},{_ICEORYX2_KEYS},pipe"),
+        *("--json", str(out)),
+        timeout=110,
+    )
+    assert result.returncode == 0, result.stderr
+    for label in ("aipc ring (spin)", "aipc ring (batched)", "aipc ring (zero-copy)"):
+        assert label in result.stdout
+    if _HAS_ICEORYX2:
+        assert "iceoryx2 (busy poll)" in result.stdout
+        assert "iceoryx2 (blocking)" in result.stdout
+    else:
+        assert "iceoryx2 (busy poll) skipped: iceoryx2 not installed" in result.stdout
+    assert "burns CPU" in result.stdout  # the spinning row says what it costs
+    placements: tuple[str, ...] = ("cross-core", "same-core")
+    if len(os.sched_getaffinity(0)) < 2:
+        placements = ("same-core",)
+    _check_ring_rows(json.loads(out.read_text())["rows"], placements, ("asyncio",))
+    # rings are anonymous memfds; iceoryx2's services, nodes and global files
+    # are gone with the run
+    assert _iceoryx2_files() == before
+
+
+@pytest.mark.skipif(not _HAS_ICEORYX2, reason="iceoryx2 is not installed")
+def test_bench_interrupted_removes_what_iceoryx2_left() -> None:
+    # Ctrl-C while the iceoryx2 rows run: their children are killed and leave
+    # dead nodes behind, which the bench removes
+    before = _iceoryx2_files()
+    cmd = [sys.executable, "-W", "error", "-m", "aipc", "bench"]
+    cmd += ["--mechanism", _ICEORYX2_KEYS, "--placement", "same-core"]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # measuring: every group is up
+            if line.startswith("[2/"):
+                break
+        assert _iceoryx2_files() != before  # the services exist
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert _iceoryx2_files() == before
 
 
 def test_bench_interrupted_removes_its_queues_and_semaphores() -> None:

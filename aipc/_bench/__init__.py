@@ -14,8 +14,9 @@ trips and messages per second for the queue, hand-off latency (release in one
 process to acquire in the other) for the locks and semaphores. UNIX stream and
 seqpacket sockets are compared with anyio's own on the same backend; object
 channels (64-byte msgpack objects) with pyzmq (sync and ``zmq.asyncio``) and
-``multiprocessing.Pipe`` sending the same objects. See
-``benchmarks/README.md``.
+``multiprocessing.Pipe`` sending the same objects; shared-memory rings (copies,
+spinning, batches, loans and leases) with iceoryx2's Python bindings (busy
+polling, blocking, reading in place). See ``benchmarks/README.md``.
 
 This package imports its heavy parts only when ``run`` is called.
 """

@@ -22,6 +22,10 @@ The UNIX socket rows shake hands before they connect: the peer listens (on
 an abstract name the orchestrator chose), says it is ready and accepts; the
 driver connects once it has read that (see ``_connected``).
 
+The ring rows rebuild their two ring ends from the hand-off descriptions in
+the spec (``_handoff.rebuild``); the iceoryx2 rows open their services by the
+names in the spec, and delete their ports when they end.
+
 The msgs/s phase reuses the throughput code: ``n`` messages of ``size`` bytes
 are a transfer of ``n * size`` bytes in ``size``-byte sends. Only the peer
 differs: a byte stream's peer reads up to ``read`` bytes at a time (whatever
@@ -46,7 +50,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import _share
-from ._plan import OBJECT
+from ._plan import MSG_SIZE, OBJECT, RING_BATCH, RING_SPIN_US
 
 if TYPE_CHECKING:
     from anyio.abc import UNIXSocketStream
@@ -705,6 +709,292 @@ class _AsyncMessages(_MessageTransport):
             await send(_ACK)
 
 
+class _RingBatches(_AsyncMessages):
+    """The msgs/s phase of the batched ring row: ``send_many`` of
+    ``RING_BATCH`` messages at a time, ``receive_many`` of whatever has
+    arrived; the acknowledgement is one message, as on the other rows."""
+
+    def __init__(self, tx: Any, rx: Any) -> None:
+        super().__init__(tx.send, rx.receive)
+        self.send_many = tx.send_many
+        self.receive_many = rx.receive_many
+
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        send_many, ack, clock = self.send_many, self.receive, time.perf_counter_ns
+        batch = [bytes(chunk)] * RING_BATCH
+        out: list[int] = []
+        for rep in range(reps + 1):
+            full, rest = divmod((total if rep else warm) // chunk, RING_BATCH)
+            t0 = clock()
+            for _ in range(full):
+                await send_many(batch)
+            if rest:
+                await send_many(batch[:rest])
+            await ack()
+            out.append(clock() - t0)
+        return out[1:]
+
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None:
+        receive_many = self.receive_many
+        for rep in range(reps + 1):
+            left = (total if rep else warm) // chunk
+            while left > 0:
+                left -= len(await receive_many())
+            await self.send(_ACK)
+
+
+class _RingLoans(_AsyncMessages):
+    """The transfers of the zero-copy ring row: each message is lent in the
+    ring (``loan``), given an 8-byte header in place and committed; the
+    receiver reads that header in place (``receive_lease``) and releases it."""
+
+    def __init__(self, tx: Any, rx: Any) -> None:
+        super().__init__(tx.send, rx.receive)
+        self.loan = tx.loan
+        self.receive_lease = rx.receive_lease
+
+    async def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        loan, ack, clock = self.loan, self.receive, time.perf_counter_ns
+        header = _MSG
+        out: list[int] = []
+        for rep in range(reps + 1):
+            count = (total if rep else warm) // chunk
+            t0 = clock()
+            for _ in range(count):
+                lent = await loan(chunk)
+                lent.data[:8] = header
+                lent.commit()
+            await ack()
+            out.append(clock() - t0)
+        return out[1:]
+
+    async def sink(
+        self, chunk: int, total: int, warm: int, reps: int, read: int
+    ) -> None:
+        receive_lease = self.receive_lease
+        for rep in range(reps + 1):
+            for _ in range((total if rep else warm) // chunk):
+                lease = await receive_lease()
+                if lease.data[:8] != _MSG:
+                    raise _WrongReply("a lent message lost its header")
+                lease.release()
+            await self.send(_ACK)
+
+
+#: The iceoryx2 rows: the largest message of the small-message services, and
+#: how many samples a subscriber may hold (more than a msgs/s repetition sends:
+#: iceoryx2 0.10's publisher stalled for seconds when a small buffer filled up).
+_IOX_SMALL = max(len(_MSG), MSG_SIZE)
+_IOX_SMALL_BUFFER = 4096
+#: ... and of the driver→peer service of the 1 MiB messages.
+_IOX_BIG = 1 << 20
+_IOX_BIG_BUFFER = 64
+#: A polling receiver polls without a pause this long (ns), then sleeps
+#: ``_IOX_IDLE_S`` between polls: an idle peer does not burn a core.
+_IOX_SPIN_NS = 2_000_000
+_IOX_IDLE_S = 0.0005
+
+
+class _Iceoryx2:
+    """iceoryx2 publish-subscribe of u8 slices (its Python bindings).
+
+    Each direction has a service of small messages (round trips, msgs/s,
+    acknowledgements); driver→peer also one of 1 MiB messages. Sending loans
+    a sample, copies the message in (``memmove``) and sends it; receiving
+    copies it out (``string_at``), or (``in_place``) reads its first 8 bytes
+    where it lies. A receiver that finds nothing polls again at once
+    (``blocking`` False: busy polling, see ``_IOX_SPIN_NS``) or sleeps in
+    ``Listener.blocking_wait()`` of an event service, which the sender
+    notifies after every send.
+    """
+
+    def __init__(self, ctx: _Ctx, blocking: bool, in_place: bool) -> None:
+        import iceoryx2 as iox2  # type: ignore[import-untyped]
+
+        iox2.set_log_level(iox2.LogLevel.Error)
+        self.iox2 = iox2
+        self.blocking = blocking
+        self.in_place = in_place
+        self.ports: list[Any] = []  # deleted in reverse order by close()
+        self.node = (
+            iox2.NodeBuilder.new()
+            .signal_handling_mode(iox2.SignalHandlingMode.Disabled)
+            .create(iox2.ServiceType.Ipc)
+        )
+        base: str = ctx.tx  # the same name on both sides
+        out, into = ("ab", "ba") if ctx.driver else ("ba", "ab")
+        self.pub_small = self._publisher(f"{base}/{out}/small", _IOX_SMALL)
+        self.sub_small = self._subscriber(f"{base}/{into}/small", _IOX_SMALL)
+        self.pub_big: Any = None
+        self.sub_big: Any = None
+        if ctx.driver:
+            self.pub_big = self._publisher(f"{base}/ab/big", _IOX_BIG)
+        else:
+            self.sub_big = self._subscriber(f"{base}/ab/big", _IOX_BIG)
+        self.notify: Callable[[], object] | None = None
+        self.listener: Any = None
+        if blocking:
+            notifier = self._event(f"{base}/{out}/event").notifier_builder().create()
+            self.ports.append(notifier)
+            self.notify = notifier.notify
+            self.listener = self._event(f"{base}/{into}/event").listener_builder()
+            self.listener = self.listener.create()
+            self.ports.append(self.listener)
+
+    def _service(self, name: str, max_len: int) -> Any:
+        iox2 = self.iox2
+        buffer = _IOX_SMALL_BUFFER if max_len == _IOX_SMALL else _IOX_BIG_BUFFER
+        return (
+            self.node.service_builder(iox2.ServiceName.new(name))
+            .publish_subscribe(iox2.Slice[ctypes.c_uint8])
+            .max_publishers(1)
+            .max_subscribers(1)
+            .history_size(0)
+            .subscriber_max_buffer_size(buffer)
+            .open_or_create()
+        ), buffer
+
+    def _publisher(self, name: str, max_len: int) -> Any:
+        service, _ = self._service(name, max_len)
+        iox2 = self.iox2
+        pub = (
+            service.publisher_builder()
+            .initial_max_slice_len(max_len)
+            .allocation_strategy(iox2.AllocationStrategy.Static)
+            .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
+            .create()
+        )
+        self.ports.append(pub)
+        return pub
+
+    def _subscriber(self, name: str, max_len: int) -> Any:
+        service, buffer = self._service(name, max_len)
+        sub = service.subscriber_builder().buffer_size(buffer).create()
+        self.ports.append(sub)
+        return sub
+
+    def _event(self, name: str) -> Any:
+        return (
+            self.node.service_builder(self.iox2.ServiceName.new(name))
+            .event()
+            .max_notifiers(1)
+            .max_listeners(1)
+            .open_or_create()
+        )
+
+    def connect(self) -> None:
+        """After the handshake: both sides' ports exist, so each publisher
+        sees its subscriber before it sends (no history to catch up with)."""
+        for port in self.ports:
+            update = getattr(port, "update_connections", None)
+            if update is not None:
+                update()
+
+    def close(self) -> None:
+        for port in reversed(self.ports):
+            port.delete()
+        self.ports.clear()
+        self.pub_small = self.sub_small = self.pub_big = self.sub_big = None
+        self.listener = self.notify = None
+        del self.node
+
+    # the two halves of every phase
+
+    def _send(self, pub: Any, data: bytes) -> None:
+        sample = pub.loan_slice_uninit(len(data))
+        ctypes.memmove(sample.payload().as_ptr(), data, len(data))
+        sample.assume_init().send()
+        if self.notify is not None:
+            self.notify()
+
+    def _sample(self, sub: Any) -> Any:
+        receive = sub.receive
+        sample = receive()
+        if sample is not None:
+            return sample
+        if self.listener is not None:
+            wait = self.listener.blocking_wait
+            while sample is None:
+                wait()
+                sample = receive()
+            return sample
+        clock = time.perf_counter_ns
+        deadline = clock() + _IOX_SPIN_NS
+        while sample is None:
+            if clock() > deadline:
+                time.sleep(_IOX_IDLE_S)
+            sample = receive()
+        return sample
+
+    def _receive(self, sub: Any) -> bytes:
+        sample = self._sample(sub)
+        payload = sample.payload()
+        data = ctypes.string_at(payload.as_ptr(), payload.len())
+        sample.delete()
+        return data
+
+    def _receive_in_place(self, sub: Any) -> None:
+        sample = self._sample(sub)
+        if ctypes.string_at(sample.payload().as_ptr(), 8) != _MSG:
+            raise _WrongReply("a sample lost its header")
+        sample.delete()
+
+    def rtt(self, warmup: int, n: int) -> list[int]:
+        send, receive, clock = self._send, self._receive, time.perf_counter_ns
+        pub, sub, msg = self.pub_small, self.sub_small, _MSG
+        out: list[int] = []
+        for _ in range(warmup + n):
+            t0 = clock()
+            send(pub, msg)
+            receive(sub)
+            out.append(clock() - t0)
+        return out[warmup:]
+
+    def echo(self, count: int) -> None:
+        send, receive = self._send, self._receive
+        pub, sub = self.pub_small, self.sub_small
+        for _ in range(count):
+            send(pub, receive(sub))
+
+    def tput(self, chunk: int, total: int, warm: int, reps: int) -> list[int]:
+        clock = time.perf_counter_ns
+        pub = self.pub_small if chunk <= _IOX_SMALL else self.pub_big
+        send: Callable[[Any, bytes], None] = self._send
+        if self.in_place:
+
+            def send(pub: Any, data: bytes) -> None:
+                sample = pub.loan_slice_uninit(chunk)
+                ctypes.memmove(sample.payload().as_ptr(), _MSG, 8)
+                sample.assume_init().send()
+
+        message = bytes(chunk)
+        out: list[int] = []
+        for rep in range(reps + 1):
+            count = (total if rep else warm) // chunk
+            t0 = clock()
+            for _ in range(count):
+                send(pub, message)
+            self._receive(self.sub_small)
+            out.append(clock() - t0)
+        return out[1:]
+
+    def sink(self, chunk: int, total: int, warm: int, reps: int, read: int) -> None:
+        sub = self.sub_small if chunk <= _IOX_SMALL else self.sub_big
+        receive = self._receive_in_place if self.in_place else self._receive
+        for rep in range(reps + 1):
+            for _ in range((total if rep else warm) // chunk):
+                receive(sub)
+            self._send(self.pub_small, _ACK)
+
+    def set_capacity(self, size: int) -> int:
+        raise NotImplementedError
+
+    def capacity(self) -> int | None:
+        return None
+
+
 # --------------------------------------------------------------------------
 # walking the phases (the same order in both processes)
 
@@ -951,6 +1241,55 @@ async def _aipc_mqueue_main(ctx: _Ctx) -> None:
             return receive_message()
 
         await _walk_async(ctx, _AsyncStreams(tx.send, receive, None))
+
+
+async def _aipc_ring_main(ctx: _Ctx) -> None:
+    """Two message rings made by the orchestrator: ``tx`` and ``rx`` are the
+    hand-off descriptions of this process's ends (see ``_runner._make_rings``)."""
+    import aipc
+    from aipc import _handoff
+
+    ctx.hello(_running_loop_name())
+    family = ctx.spec["family"]
+
+    def end(slot: str, cls: type[_T]) -> _T:
+        d = ctx.spec[slot]
+        obj: _T = _handoff.rebuild(slot, d["kind"], tuple(d["fds"]), d["meta"], cls)
+        return obj
+
+    rx = end("rx", aipc.RingReceiver)
+    try:
+        tx = end("tx", aipc.RingSender)
+    except BaseException:
+        await rx.aclose()
+        raise
+    async with rx, tx:
+        if family == "ring-spin":
+            rx.spin_us = tx.spin_us = RING_SPIN_US
+        t: _AsyncTransport
+        if family == "ring-batched":
+            t = _RingBatches(tx, rx)
+        elif family == "ring-zero-copy":
+            t = _RingLoans(tx, rx)
+        else:
+            t = _AsyncMessages(tx.send, rx.receive)
+        await _walk_async(ctx, t)
+
+
+def _iceoryx2_main(ctx: _Ctx) -> None:
+    family = ctx.spec["family"]
+    t = _Iceoryx2(
+        ctx,
+        blocking=family == "iceoryx2-blocking",
+        in_place=family == "iceoryx2-zero-copy",
+    )
+    try:
+        # the handshake first: the peer's ports exist once it is done
+        ctx.handshake()
+        t.connect()
+        _walk_sync(ctx, t)
+    finally:
+        t.close()
 
 
 async def _aipc_semaphore_main(ctx: _Ctx) -> None:
@@ -1200,6 +1539,11 @@ def _run(ctx: _Ctx) -> None:
         _anyio_run(_aipc_lock_main, ctx, loop)
     elif family == "semaphore":
         _anyio_run(_aipc_semaphore_main, ctx, loop)
+    elif family in ("ring", "ring-spin", "ring-batched", "ring-zero-copy"):
+        _anyio_run(_aipc_ring_main, ctx, loop)
+    elif family in ("iceoryx2", "iceoryx2-blocking", "iceoryx2-zero-copy"):
+        ctx.hello("blocking")
+        _iceoryx2_main(ctx)
     elif family == "filelock":
         _anyio_run(_filelock_main, ctx, loop)
     elif family == "asyncio":

@@ -41,6 +41,8 @@ __all__ = [
     "MSG_SIZE",
     "OBJECT",
     "RAISED_CAPACITY",
+    "RING_BATCH",
+    "RING_SPIN_US",
     "Config",
     "Mechanism",
     "PhaseInfo",
@@ -76,6 +78,12 @@ MSG_READ = 64 * KIB
 
 #: The distribution that installs each module a peer requires (for the notes).
 DISTRIBUTIONS = {"zmq": "pyzmq", "faster_fifo": "faster-fifo"}
+
+#: The spin budget of both ends of the "aipc ring (spin)" row, in µs.
+RING_SPIN_US = 200
+
+#: How many messages the "aipc ring (batched)" row sends per send_many.
+RING_BATCH = 256
 
 #: Linux's default pipe capacity, set explicitly before the default-capacity rows.
 DEFAULT_CAPACITY = 64 * KIB
@@ -134,6 +142,7 @@ class Mechanism:
     divisor: int = 1
     handoff: bool = False
     chunks: tuple[int, ...] = CHUNKS
+    rtt: bool = True
 
 
 #: The object channel over a UNIX stream (also over pipes, below).
@@ -309,6 +318,76 @@ MECHANISMS: tuple[Mechanism, ...] = (
         "ChannelReceiver in each process)",
     ),
     Mechanism(
+        "ring",
+        "aipc ring",
+        "ring",
+        aipc=True,
+        loop=None,
+        throughput=True,
+        msgs=True,
+        capacity=False,
+        reference="iceoryx2-blocking",
+        round_every=2,
+        divisor=2,
+        note="two message rings (aipc.create_ring, spin_us=0; 16 MiB "
+        "driver→peer, 64 KiB back), made by the orchestrator and handed to both "
+        "processes; await send() / "
+        "await receive(), a copy in and a copy out, one message per call; "
+        "ratio: ÷ iceoryx2 (blocking), the peer that sleeps as the ring does",
+    ),
+    Mechanism(
+        "ring-spin",
+        "aipc ring (spin)",
+        "ring-spin",
+        aipc=True,
+        loop=None,
+        throughput=False,
+        msgs=False,
+        capacity=False,
+        reference="iceoryx2",
+        round_every=2,
+        divisor=2,
+        note=f"the same rings with spin_us={RING_SPIN_US} on both ends: each "
+        f"side busy-waits up to {RING_SPIN_US} µs before it sleeps, which burns "
+        "CPU (a whole core while it waits; on one core it takes the time its "
+        "peer needs); round trips only; ratio: ÷ iceoryx2 (busy poll)",
+    ),
+    Mechanism(
+        "ring-batched",
+        "aipc ring (batched)",
+        "ring-batched",
+        aipc=True,
+        loop=None,
+        throughput=False,
+        msgs=True,
+        capacity=False,
+        rtt=False,
+        reference="iceoryx2",
+        round_every=2,
+        divisor=2,
+        note=f"the msgs/s phase with send_many() of {RING_BATCH} messages and "
+        "receive_many() (every message available); issue 5's target is "
+        "2,000,000/s; ratio: ÷ iceoryx2 (busy poll), one message at a time",
+    ),
+    Mechanism(
+        "ring-zero-copy",
+        "aipc ring (zero-copy)",
+        "ring-zero-copy",
+        aipc=True,
+        loop=None,
+        throughput=True,
+        msgs=False,
+        capacity=False,
+        rtt=False,
+        reference="iceoryx2-zero-copy",
+        chunks=(MIB,),
+        round_every=2,
+        note="1 MiB messages with await loan() (the sender writes an 8-byte "
+        "header in place and commits) and await receive_lease() (the receiver "
+        "reads those 8 bytes in place and releases): no copy of the payload; "
+        "ratio: ÷ iceoryx2 (in place)",
+    ),
+    Mechanism(
         "raw",
         "os.read/os.write, blocking pipe",
         "raw",
@@ -392,6 +471,60 @@ MECHANISMS: tuple[Mechanism, ...] = (
         divisor=2,
         note="the object rows' dict encoded with msgspec.msgpack, send/recv "
         "(sync API) on a PAIR socket pair",
+    ),
+    Mechanism(
+        "iceoryx2",
+        "iceoryx2 (busy poll)",
+        "iceoryx2",
+        aipc=False,
+        loop="blocking",
+        throughput=True,
+        msgs=True,
+        capacity=False,
+        requires=("iceoryx2",),
+        chunks=(MIB,),
+        round_every=2,
+        divisor=4,
+        note="iceoryx2's Python bindings, publish-subscribe of u8 slices, one "
+        "service each way (loan_slice_uninit, a copy in with memmove, send; "
+        "receive, a copy out with string_at; subscribers hold up to 4096 "
+        "messages of up to 64 bytes, or 64 of 1 MiB, so that a sender never "
+        "waits for room); a receiver polls receive() in a "
+        "loop (after 2 ms without a message it sleeps 0.5 ms between polls, so "
+        "that an idle peer does not burn a core between rounds)",
+    ),
+    Mechanism(
+        "iceoryx2-blocking",
+        "iceoryx2 (blocking)",
+        "iceoryx2-blocking",
+        aipc=False,
+        loop="blocking",
+        throughput=True,
+        msgs=True,
+        capacity=False,
+        requires=("iceoryx2",),
+        chunks=(MIB,),
+        round_every=2,
+        divisor=2,
+        note="the same, and an event service each way: the sender notifies "
+        "after every send, a receiver that finds nothing sleeps in "
+        "Listener.blocking_wait()",
+    ),
+    Mechanism(
+        "iceoryx2-zero-copy",
+        "iceoryx2 (in place)",
+        "iceoryx2-zero-copy",
+        aipc=False,
+        loop="blocking",
+        throughput=True,
+        msgs=False,
+        capacity=False,
+        requires=("iceoryx2",),
+        chunks=(MIB,),
+        rtt=False,
+        round_every=2,
+        note="1 MiB samples written (an 8-byte header) and read (those 8 bytes) "
+        "in place, polling as the busy-poll row",
     ),
     Mechanism(
         "asyncio-pipe",
@@ -678,12 +811,13 @@ def build_blocks(
                     "read": MSG_READ,
                 }
                 measured(msgs, "", "msgs")
-            rtt = {
-                "op": "rtt",
-                "warmup": max(1, config.rtt_warmup // mech.divisor),
-                "n": max(1, config.rtt_count // mech.divisor),
-            }
-            measured(rtt, "", "rtt")
+            if mech.rtt:
+                rtt = {
+                    "op": "rtt",
+                    "warmup": max(1, config.rtt_warmup // mech.divisor),
+                    "n": max(1, config.rtt_count // mech.divisor),
+                }
+                measured(rtt, "", "rtt")
             if mech.capacity:
                 block.append({"op": "cap", "size": RAISED_CAPACITY})
                 throughput("capacity")

@@ -112,9 +112,14 @@ def build_rows(
         peer = _BY_KEY[row.mechanism].reference or reference.get(row.backend)
         if not row.aipc or peer is None or peer == NO_REFERENCE:
             continue
-        ref = rows.get((peer, row.variant, row.backend, row.placement))
+        # a peer without a loop (iceoryx2) has one row for every backend
+        peer_mech = _BY_KEY.get(peer)
+        backend = row.backend
+        if peer_mech is not None and peer_mech.loop == "blocking":
+            backend = "blocking"
+        ref = rows.get((peer, row.variant, backend, row.placement))
         if ref is None:
-            ref = rows.get((peer, "", row.backend, row.placement))
+            ref = rows.get((peer, "", backend, row.placement))
         if ref is None:
             continue
         row.reference = ref.title
@@ -326,10 +331,11 @@ def format_table(
         "same way. Byte streams (aipc, pipes,",
         "  asyncio, trio) keep no message boundaries: their peer counts bytes, "
         "reading whatever has arrived;",
-        "  seqpacket sockets, aipc POSIX mqueue, multiprocessing, faster_fifo and "
-        "pyzmq deliver one message per receive",
-        "  call; object rows send a dict whose msgpack encoding is "
-        f"{MSG_SIZE} bytes, and receive and decode each one.",
+        "  seqpacket sockets, aipc POSIX mqueue and rings, multiprocessing, "
+        "faster_fifo, pyzmq and iceoryx2 deliver",
+        "  one message per receive call; object rows send a dict whose msgpack "
+        f"encoding is {MSG_SIZE} bytes, and receive",
+        "  and decode each one.",
         f"Each row: {machine['rounds']} round(s) per placement, interleaved with the "
         "other rows' rounds; statistics over all of them.",
         "vs loop peer: aipc ÷ the same loop's own pipe streams in the same "
@@ -341,6 +347,8 @@ def format_table(
         "  aipc UNIX stream and seqpacket ÷ anyio's, aipc channels ÷ pyzmq objects "
         "(zmq.asyncio; asyncio, uvloop),",
         "  each on the same backend and placement; the semaphore row has no ratio.",
+        "  aipc ring rows ÷ iceoryx2 (blocking, busy poll or in place: see each "
+        "row's note) in the same placement.",
         f"(1 MiB capacity): F_SETPIPE_SZ {RAISED_CAPACITY} on the data pipe; "
         "other pipe rows use the default 64 KiB.",
         "CPUs (driver, peer): "
@@ -416,6 +424,7 @@ def machine_info(placements: list[Placement], rounds: int) -> dict[str, Any]:
                 "faster-fifo",
                 "filelock",
                 "msgspec",
+                "iceoryx2",
             )
             if (v := _version(name)) is not None
         },

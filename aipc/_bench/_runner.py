@@ -7,7 +7,11 @@ objects (pipes, eventfds, FIFOs and lock files in a private temporary
 directory, the queues of the queue peers, POSIX message queues and semaphores
 under names that carry its pid, unlinked when the group ends, failed or not;
 pyzmq's peer binds its socket file in that directory; the UNIX socket rows'
-peer listens on an abstract name that carries its pid), starts the
+peer listens on an abstract name that carries its pid; the ring rows' two
+rings are handed to both children as aipc's hand-off describes them; the
+iceoryx2 rows' children open services whose names carry its pid, and what a
+killed child leaves in /dev/shm and /tmp/iceoryx2 is removed at the end),
+starts the
 peer and the driver with ``subprocess.Popen(..., pass_fds=...)`` in sessions of
 their own (so that Ctrl-C reaches only this process, which then kills them) and
 closes its own copies of the descriptors (so that each side sees end of stream
@@ -40,8 +44,10 @@ from . import _report, _share
 from ._plan import (
     BACKENDS,
     DISTRIBUTIONS,
+    KIB,
     MECHANISM_KEYS,
     MECHANISMS,
+    MIB,
     MSG_SIZE,
     REFERENCE_PEER,
     Config,
@@ -54,6 +60,13 @@ from ._plan import (
 __all__ = ["run"]
 
 _CHILD = "aipc._bench._child"
+
+#: The families of the shared-memory ring rows (see _make_rings).
+_RING_FAMILIES = ("ring", "ring-spin", "ring-batched", "ring-zero-copy")
+
+#: The families of the iceoryx2 rows, and where iceoryx2 keeps its state files.
+_ICEORYX2_FAMILIES = ("iceoryx2", "iceoryx2-blocking", "iceoryx2-zero-copy")
+_ICEORYX2_ROOT = "/tmp/iceoryx2"
 
 #: The families whose peer listens on a UNIX socket and whose driver connects.
 _SOCKET_FAMILIES = ("unix", "seqpacket", "channel", "anyio-unix", "anyio-seqpacket")
@@ -360,6 +373,17 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
             res.driver.update(tx=address, rx=address)
             res.peer.update(tx=address, rx=address)
             return res
+        if family in _RING_FAMILIES:
+            _make_rings(res, family)
+            return res
+        if family in _ICEORYX2_FAMILIES:
+            # the children open (or create) the services under these names and
+            # delete their ports when they end; _Iceoryx2Files removes what a
+            # killed child leaves behind
+            base = f"aipc-bench-{os.getpid()}-{index}"
+            res.driver.update(tx=base, rx=base)
+            res.peer.update(tx=base, rx=base)
+            return res
         if family in ("zmq", "zmq-obj", "zmq-asyncio"):
             path = os.path.join(tmp, f"{index}-zmq.sock")
             res.on_remove(lambda: _unlink_if_present(path))
@@ -408,6 +432,86 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
         res.remove()
         raise
     return res
+
+
+def _make_rings(res: _Resources, family: str) -> None:
+    """Two message rings, driver→peer and peer→driver, handed over as aipc's
+    hand-off describes them: the children rebuild their ends from the
+    descriptors (``_handoff.rebuild``). Rings are anonymous memfds, eventfds
+    and a socket pair each: nothing named, nothing to remove."""
+    import aipc
+    from aipc import _handoff
+
+    # driver→peer carries the 1 MiB messages: room for 15 of them at once
+    # (iceoryx2's rows give their subscriber 64)
+    big = family in ("ring", "ring-zero-copy")
+    capacities = {"ab": (16 * MIB) if big else (1 * MIB), "ba": 64 * KIB}
+    ends: dict[str, tuple[aipc.RingReceiver, aipc.RingSender]] = {}
+    for way, capacity in capacities.items():
+        receiver, sender = aipc.create_ring(capacity)
+        res.on_close(receiver.close)
+        res.on_close(sender.close)
+        ends[way] = (receiver, sender)
+    for spec, pass_fds, (send, receive) in (
+        (res.driver, res.pass_driver, (ends["ab"][1], ends["ba"][0])),
+        (res.peer, res.pass_peer, (ends["ba"][1], ends["ab"][0])),
+    ):
+        for slot, end in (("tx", send), ("rx", receive)):
+            # after this, closing our copy does not tell the other end
+            kind, fds, meta = _handoff.describe(end, slot, "to a bench child")
+            spec[slot] = {"kind": kind, "fds": list(fds), "meta": meta}
+            pass_fds += fds
+
+
+class _Iceoryx2Files:
+    """What iceoryx2 leaves on the machine: the shared memory of its nodes and
+    services in /dev/shm (``iox2_*``) and their bookkeeping under
+    /tmp/iceoryx2.
+
+    The children delete their ports and nodes when they end; a child that was
+    killed leaves its node behind, "dead". ``cleanup`` (after the last group)
+    removes the dead nodes' resources through iceoryx2 itself, then, if no
+    live iceoryx2 node is left on the machine, the global files this run
+    created (iceoryx2 keeps them once made). What existed before the run is
+    left alone.
+    """
+
+    def __init__(self) -> None:
+        self.before = self._present()
+
+    @staticmethod
+    def _present() -> set[str]:
+        try:
+            names = os.listdir("/dev/shm")
+        except OSError:
+            names = []
+        found = {os.path.join("/dev/shm", n) for n in names if n.startswith("iox2_")}
+        if os.path.exists(_ICEORYX2_ROOT):
+            found.add(_ICEORYX2_ROOT)
+        return found
+
+    def cleanup(self) -> None:
+        try:
+            import iceoryx2 as iox2  # type: ignore[import-untyped]
+
+            iox2.set_log_level(iox2.LogLevel.Error)
+            alive = False
+            for state in iox2.Node.list(
+                iox2.ServiceType.Ipc, iox2.config.global_config()
+            ):
+                if isinstance(state, iox2.NodeState.Dead):
+                    state._0.try_remove_stale_resources()
+                else:  # alive, or another user's, or unknown: not ours
+                    alive = True
+        except Exception:  # a broken install: remove nothing more
+            return
+        if alive:  # another program uses iceoryx2: its files are not ours
+            return
+        for path in self._present() - self.before:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _unlink_if_present(path)
 
 
 def _mqueue_depth() -> int:
@@ -723,6 +827,9 @@ def run(args: argparse.Namespace) -> int:
     lives: list[_Live] = []
     interrupted = False
     tmp = tempfile.mkdtemp(prefix="aipc-bench-")
+    iceoryx2_files = None
+    if any(g.mechanism.family in _ICEORYX2_FAMILIES for g in groups):
+        iceoryx2_files = _Iceoryx2Files()
     try:
         with _share.stop_tracker_after():
             try:
@@ -735,6 +842,8 @@ def run(args: argparse.Namespace) -> int:
         progress.say("interrupted: children killed, temporary files removed")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if iceoryx2_files is not None:
+            iceoryx2_files.cleanup()
         progress.finish()
     seconds = time.perf_counter() - started
     outcomes = [live.outcome for live in lives]
