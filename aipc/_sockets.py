@@ -47,7 +47,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, overload
 
 import anyio
-import sniffio
 from anyio import TypedAttributeSet, typed_attribute
 from anyio.abc import (
     ByteStream,
@@ -61,7 +60,7 @@ from anyio.abc import (
 from ._core import _registry
 from ._core._args import check_int, check_mode
 from ._core._errors import AipcError, LimitExceededError, translate_os_error
-from ._core._fd import FdHandle, _trio, checkpoint
+from ._core._fd import FdHandle, _trio, checkpoint, current_library
 from ._core._stream import FdReceiveStream, FdSendStream, _check_max_bytes
 from ._fdpass import (
     OBJECTS_HEADER_SIZE,
@@ -639,7 +638,7 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
             # trio streams say "closed" for a direction this side ended
             await checkpoint()
             raise anyio.ClosedResourceError("cannot send after send_eof()")
-        if item and sniffio.current_async_library() == "trio":
+        if item and current_library() == "trio":
             await self._send_trio_order(item)
         else:
             await self._sender.send(item)
@@ -656,7 +655,7 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
 
     @_expect_empty.setter
     def _expect_empty(self, value: bool) -> None:
-        self._short_read = value and sniffio.current_async_library() != "trio"
+        self._short_read = value and current_library() != "trio"
 
     async def _send_trio_order(self, item: bytes | bytearray | memoryview) -> None:
         # trio's own sockets check for cancellation before the write and yield
@@ -695,6 +694,10 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
     def _send_some(self, data: bytes | bytearray | memoryview) -> Awaitable[int]:
         # for channels: one write, cancellable only before it (FdSendStream)
         return self._sender._send_some(data)
+
+    def _try_send(self, data: bytes | bytearray | memoryview) -> int:
+        # for channels: one write that never waits (FdSendStream)
+        return self._sender._try_send(data)
 
     async def send_eof(self) -> None:
         """Shut down the sending direction: the peer reads to the end, then
@@ -1093,9 +1096,7 @@ class _MessageSocket(_Socket, Generic[_M]):
         if self._sending:
             raise anyio.BusyResourceError("sending to")
         # on trio, trio's own order (see UnixStream._send_trio_order)
-        lowlevel = (
-            _trio().lowlevel if sniffio.current_async_library() == "trio" else None
-        )
+        lowlevel = _trio().lowlevel if current_library() == "trio" else None
         if lowlevel is not None:
             await lowlevel.checkpoint_if_cancelled()
         self._sending = True

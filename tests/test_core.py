@@ -237,3 +237,42 @@ async def test_run_interruptible_passes_errors_through() -> None:
 
     with pytest.raises(PermissionError, match="no"):
         await run_interruptible(call)
+
+
+async def test_current_library_agrees_with_sniffio() -> None:
+    import sniffio
+
+    from aipc._core._fd import current_library
+
+    assert current_library() == sniffio.current_async_library()
+
+
+@pytest.mark.parametrize("runner", ["asyncio.run", "uvloop.run", "trio.run"])
+def test_current_library_under_plain_runners(runner: str) -> None:
+    # no anyio.run here: sniffio's context variable is unset, which is where
+    # current_library() answers without sniffio's sniff (asyncio and uvloop)
+    # or from trio's thread-local (trio); a pipe round trip must work as well
+    import asyncio
+
+    import sniffio
+    import trio
+    import uvloop
+
+    from aipc._core._fd import current_library
+
+    async def main() -> tuple[str, str]:
+        seen = current_library(), sniffio.current_async_library()
+        receive, send = aipc.create_pipe()
+        async with receive, send:
+            await send.send(b"x")
+            assert await receive.receive() == b"x"
+        return seen
+
+    if runner == "trio.run":
+        seen = trio.run(main)
+    elif runner == "uvloop.run":
+        seen = uvloop.run(main())
+    else:
+        seen = asyncio.run(main())
+    expected = "trio" if runner == "trio.run" else "asyncio"
+    assert seen == (expected, expected)
