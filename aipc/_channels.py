@@ -269,14 +269,22 @@ async def _no_send(data: bytes | memoryview) -> int:
 
 def _send_mode(
     transport: object,
-) -> tuple[int, Callable[[bytes | memoryview], Awaitable[int]], Any]:
-    """(mode, send_some, raw socket to notify on close) for a byte transport."""
+) -> tuple[
+    int,
+    Callable[[bytes | memoryview], Awaitable[int]],
+    Callable[[bytes | memoryview], int] | None,
+    Any,
+]:
+    """(mode, send_some, try_send or None, raw socket to notify on close) for a
+    byte transport."""
     target = transport
     if isinstance(target, StapledByteStream):
         target = target.send_stream
     send_some = getattr(target, "_send_some", None)
-    if callable(send_some):  # aipc's pipes, FIFOs and UNIX stream sockets
-        return _SOME, send_some, None
+    if callable(send_some):  # aipc's pipes, FIFOs, UNIX stream sockets, rings
+        # aipc's fd streams also write without a coroutine when there is room
+        try_send = getattr(target, "_try_send", None)
+        return _SOME, send_some, try_send, None
     if isinstance(target, SocketStream):  # not TLS: TLSStream is no SocketStream
         sock = target.extra(SocketAttribute.raw_socket, None)
         if (
@@ -284,10 +292,10 @@ def _send_mode(
             and sock.type == socket.SOCK_STREAM
             and sock.gettimeout() == 0.0
         ):
-            return _SOME, _SocketWriter(sock)._send_some, sock
+            return _SOME, _SocketWriter(sock)._send_some, None, sock
         if _loop_takes_whole_items(target):
-            return _WHOLE, _no_send, None
-    return _SHIELD, _no_send, None
+            return _WHOLE, _no_send, None, None
+    return _SHIELD, _no_send, None, None
 
 
 # --- the channels ----------------------------------------------------------------
@@ -306,6 +314,7 @@ class _ChannelBase(Generic[T]):
         self._encode = codec.encode
         self._mode = _MESSAGE
         self._send_some: Callable[[bytes | memoryview], Awaitable[int]] = _no_send
+        self._try_send: Callable[[bytes | memoryview], int] | None = None
         self._sock: Any = None
         self._unsent: list[bytes | memoryview] = []
         self._unsent_size = 0  # payload size of the frame in _unsent, for counting
@@ -414,7 +423,9 @@ class _ChannelBase(Generic[T]):
     def _setup_sender(self) -> None:
         transport = self._transport
         if isinstance(transport, ByteSendStream):
-            self._mode, self._send_some, self._sock = _send_mode(transport)
+            self._mode, self._send_some, self._try_send, self._sock = _send_mode(
+                transport
+            )
         else:
             self._mode = _MESSAGE
 
@@ -697,8 +708,12 @@ class ChannelSender(_ChannelBase[T], ObjectSendStream[T]):
                     await self._flush()
                 if size <= _JOIN_MAX:
                     frame = _pack(size) + payload
-                    # cancelled in the first write: nothing was written
-                    n = await self._send_some(frame)
+                    # a write with room needs no coroutine (0: the buffer is
+                    # full); a cancelled wait in _send_some wrote nothing
+                    try_send = self._try_send
+                    n = try_send(frame) if try_send is not None else 0
+                    if not n:
+                        n = await self._send_some(frame)
                     if n < len(frame):
                         await self._finish_frame([frame], n, size)
                 else:

@@ -309,6 +309,49 @@ class FdSendStream(_FdEnd, ByteSendStream):
         finally:
             self._sending = False
 
+    def _try_send(self, data: bytes | bytearray | memoryview) -> int:
+        """One non-blocking write of a prefix of ``data``: its length, or 0 when
+        the kernel buffer is full. Never waits and is not a checkpoint.
+
+        The object channels' fast path: a frame that fits goes out without
+        the coroutine of :meth:`_send_some`. ``data`` must be non-empty and,
+        if a memoryview, of bytes. Counts bytes and syscalls; raises what
+        :meth:`send` raises (``BusyResourceError`` while a ``send`` or
+        ``_send_some`` of another task is under way).
+        """
+        if self._sending:
+            raise anyio.BusyResourceError("sending to")
+        return self._write_once(data)
+
+    def _write_once(self, data: bytes | bytearray | memoryview) -> int:
+        handle = self._handle
+        fd = handle.fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        if self._broken:
+            raise anyio.BrokenResourceError(
+                f"the other end of the {handle.what} is gone"
+            )
+        write = self._write
+        try:
+            if write is not None:
+                n = write(fd, data)
+            elif _sigpipe_would_kill():
+                n = _write_blocking_sigpipe(fd, data)
+            else:
+                n = os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                self._broken = True
+            raise translate_os_error(
+                exc, closed=handle.closed, what=handle.what
+            ) from exc
+        self._bytes += n
+        self._syscalls += 1
+        return n
+
     async def _send_some(self, data: bytes | bytearray | memoryview) -> int:
         """Write a non-empty prefix of ``data`` with one write; return its length.
 
@@ -322,41 +365,18 @@ class FdSendStream(_FdEnd, ByteSendStream):
         does (not ``operations``: the caller's unit is not a send); raises what
         :meth:`send` raises.
         """
-        if self._sending:
-            raise anyio.BusyResourceError("sending to")
+        n = self._try_send(data)
+        if n:
+            return n
         self._sending = True
         try:
             handle = self._handle
-            if self._broken:
-                raise anyio.BrokenResourceError(
-                    f"the other end of the {handle.what} is gone"
-                )
-            write = self._write
-            guard = write is None and _sigpipe_would_kill()
             while True:
-                fd = handle.fd
-                if fd < 0:
-                    raise anyio.ClosedResourceError
-                try:
-                    if write is not None:
-                        n = write(fd, data)
-                    elif guard:
-                        n = _write_blocking_sigpipe(fd, data)
-                    else:
-                        n = os.write(fd, data)
-                except BlockingIOError:
-                    self._waits += 1
-                    await handle.wait_writable()
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.EPIPE:
-                        self._broken = True
-                    raise translate_os_error(
-                        exc, closed=handle.closed, what=handle.what
-                    ) from exc
-                self._bytes += n
-                self._syscalls += 1
-                return n
+                self._waits += 1
+                await handle.wait_writable()
+                n = self._write_once(data)
+                if n:
+                    return n
         finally:
             self._sending = False
 
