@@ -484,7 +484,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         requires=("iceoryx2",),
         chunks=(MIB,),
         round_every=2,
-        divisor=4,
+        divisor=2,
         note="iceoryx2's Python bindings, publish-subscribe of u8 slices, one "
         "service each way (loan_slice_uninit, a copy in with memmove, send; "
         "receive, a copy out with string_at; subscribers hold up to 4096 "
