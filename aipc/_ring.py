@@ -638,8 +638,10 @@ class _Receiving(_RingEnd):
 
         When the ring is empty the wait itself is the schedule point, so a
         receive that has to wait costs one pass of the event loop, not two
-        (the checkpoint-first order would yield once for nothing). When it is
-        not empty, or the wait ends without sleeping (spin, re-check), this
+        (the checkpoint-first order would yield once for nothing). With a
+        spin budget, an empty ring is a checkpoint before the spin, so that
+        what the spin finds is returned without another pass. When it is
+        not empty, or the wait ends without sleeping (re-check), this
         checkpoints before anything is taken, so a cancelled receive takes
         nothing. End of stream and errors are checkpoints too.
 
@@ -672,8 +674,17 @@ class _Receiving(_RingEnd):
                         "the ring's sender died (or every copy of it was handed "
                         "off and closed) without closing the ring"
                     )
-                if self._spin_ns and self._spin():
-                    continue
+                if self._spin_ns:
+                    if not yielded:
+                        # the schedule point first, while the ring is empty:
+                        # a message found by the spin is then taken and
+                        # returned at once, instead of after one more pass of
+                        # the event loop on the round trip's critical path
+                        yielded = True
+                        await checkpoint()
+                        continue
+                    if self._spin():
+                        continue
                 seq = self._seq + 1
                 hdr[_W_RX_SEQ] = seq  # "going to sleep"
                 _acquire()  # StoreLoad: the generation, then the re-check

@@ -247,6 +247,44 @@ async def test_cancellation_takes_and_sends_nothing() -> None:
             rx.receive_nowait()
 
 
+async def test_spinning_receive_yields_before_it_spins(
+    anyio_backend_name: str,
+) -> None:
+    # the schedule point comes first, while the ring is empty; a message the
+    # spin then finds is returned without another pass of the event loop
+    import threading
+
+    rx, tx = aipc.create_ring(SMALL, spin_us=1_000_000)  # the most allowed
+    go = threading.Event()
+
+    def produce() -> None:
+        go.wait(10)
+        tx.send_nowait(b"spun")
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    try:
+        async with rx, tx, anyio.create_task_group() as tg:
+            # runs in the receive's own yield, before its spin
+            tg.start_soon(_set_event, go)
+            with anyio.fail_after(10):
+                assert await _conformance._checkpointed(rx.receive) == b"spun"
+            stats = rx.statistics()
+            if anyio_backend_name != "trio":
+                # asyncio runs the woken task after the receive's own yield;
+                # trio may run the receive first (it shuffles a batch), which
+                # then spins before the thread can send, and sleeps
+                assert (stats.spins, stats.waits) == (1, 0)
+            assert stats.spins + stats.waits == 1
+    finally:
+        go.set()
+        thread.join()
+
+
+async def _set_event(event: Any) -> None:
+    event.set()
+
+
 async def test_batches() -> None:
     rx, tx = aipc.create_ring(SMALL)
     async with rx, tx:
