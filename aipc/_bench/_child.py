@@ -885,8 +885,10 @@ class _Iceoryx2:
         )
 
     def connect(self) -> None:
-        """After the handshake: both sides' ports exist, so each publisher
-        sees its subscriber before it sends (no history to catch up with)."""
+        """The driver, once its ports exist: the peer's exist already, so its
+        publishers see their subscribers before the first send (there is no
+        history to catch up with). The peer's publisher finds the driver's
+        subscriber when it first sends: a send updates the connections."""
         for port in self.ports:
             update = getattr(port, "update_connections", None)
             if update is not None:
@@ -1278,16 +1280,19 @@ async def _aipc_ring_main(ctx: _Ctx) -> None:
 
 def _iceoryx2_main(ctx: _Ctx) -> None:
     family = ctx.spec["family"]
+    if ctx.driver:
+        # the peer creates every service and its ports before it says it is
+        # ready: the two processes never race to create one
+        ctx.handshake()
     t = _Iceoryx2(
         ctx,
         blocking=family == "iceoryx2-blocking",
         in_place=family == "iceoryx2-zero-copy",
     )
     try:
-        # the handshake first: the peer's ports exist once it is done
-        ctx.handshake()
-        t.connect()
-        _walk_sync(ctx, t)
+        if ctx.driver:
+            t.connect()
+        _walk_sync(ctx, t)  # the peer's handshake
     finally:
         t.close()
 
