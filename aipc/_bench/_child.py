@@ -785,7 +785,8 @@ class _RingLoans(_AsyncMessages):
 
 #: The iceoryx2 rows: the largest message of the small-message services, and
 #: how many samples a subscriber may hold (more than a msgs/s repetition sends:
-#: iceoryx2 0.10's publisher stalled for seconds when a small buffer filled up).
+#: with a 16-sample buffer, iceoryx2 0.10's RetryUntilDelivered publisher hung
+#: after a few hundred back-to-back messages in a trial run).
 _IOX_SMALL = max(len(_MSG), MSG_SIZE)
 _IOX_SMALL_BUFFER = 4096
 #: ... and of the driver→peer service of the 1 MiB messages.
