@@ -333,7 +333,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
         "driver→peer, 64 KiB back), made by the orchestrator and handed to both "
         "processes; await send() / "
         "await receive(), a copy in and a copy out, one message per call; "
-        "ratio: ÷ iceoryx2 (blocking), the peer that sleeps as the ring does",
+        "ratio: ÷ iceoryx2 (blocking), the peer that sleeps as the ring does "
+        "(issue 5 also compares the round trip with aipc pipe's: its row)",
     ),
     Mechanism(
         "ring-spin",
