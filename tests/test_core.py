@@ -276,3 +276,75 @@ def test_current_library_under_plain_runners(runner: str) -> None:
         seen = asyncio.run(main())
     expected = "trio" if runner == "trio.run" else "asyncio"
     assert seen == (expected, expected)
+
+
+async def test_checkpoint_lets_ready_work_run_and_cancels() -> None:
+    # on asyncio's own loop a checkpoint with nothing else to run may skip its
+    # pass of the loop; anything that could run or cancel must still see one
+    import socket
+
+    from aipc._core._fd import SKIP_BUDGET, checkpoint
+
+    # a task woken by I/O (invisible until the loop polls) runs within the
+    # budget of skipped passes, plus the few passes its wake-up takes
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        woke = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def reader() -> None:
+                await anyio.wait_readable(a)
+                woke.set()
+
+            tg.start_soon(reader)
+            await anyio.wait_all_tasks_blocked()
+            b.send(b"x")
+            count = 0
+            with anyio.fail_after(10):
+                while not woke.is_set():
+                    await checkpoint()
+                    count += 1
+            assert count <= SKIP_BUDGET + 4
+    # a due deadline cancels at the next checkpoint
+    count = 0
+    with anyio.move_on_after(0) as scope:
+        while True:
+            await checkpoint()
+            count += 1
+    assert scope.cancelled_caught
+    assert count == 0
+    # so does a scope that cancelled itself, and one cancelled by another task
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await checkpoint()
+    assert scope.cancelled_caught
+    async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as scope:
+            tg.start_soon(_cancel_scope, scope)
+            for _ in range(SKIP_BUDGET + 2):
+                await checkpoint()
+        assert scope.cancelled_caught
+
+
+async def _cancel_scope(scope: anyio.CancelScope) -> None:
+    scope.cancel()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_checkpoint_sees_plain_asyncio_cancellation() -> None:
+    # asyncio only: Task.cancel() and asyncio.timeout() have no trio form
+    import asyncio
+
+    from aipc._core._fd import checkpoint
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0):
+            while True:
+                await checkpoint()
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()  # pending: delivered at this task's next yield
+    with pytest.raises(asyncio.CancelledError):
+        await checkpoint()
+    task.uncancel()
