@@ -246,8 +246,10 @@ class _Watcher:
             else:
                 self.loop.add_writer(self.fd, self._fire)
             self.registered = True
+        global _skipped
         try:
             result = await waiter
+            _skipped = 0  # this task has let the loop run: the budget starts over
         except BaseException:
             # Cancelled after the callback made the attempt for us (a plain
             # task.cancel() can land between the fire and the task's resumption):
