@@ -348,3 +348,33 @@ async def test_checkpoint_sees_plain_asyncio_cancellation() -> None:
     with pytest.raises(asyncio.CancelledError):
         await checkpoint()
     task.uncancel()
+
+
+async def test_readiness_only_wait_wakes_while_the_fd_stays_ready() -> None:
+    # on asyncio the report that follows a readiness-only wake-up is taken
+    # before the task acts; a task that did not consume must still be woken
+    # again (the kernel is asked, not the old report), and one that consumed
+    # must not be woken for nothing
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    handle = FdHandle(r, "pipe")
+    try:
+        os.write(w, b"x")
+        with anyio.fail_after(5):
+            for _ in range(50):
+                await handle.wait_readable()  # not consumed: ready again
+        os.read(r, 1)
+        async with anyio.create_task_group() as tg:
+            woken = []
+
+            async def waiter() -> None:
+                await handle.wait_readable()
+                woken.append(os.read(r, 1))
+
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            assert woken == []  # nothing to read: asleep
+            os.write(w, b"y")
+        assert woken == [b"y"]
+    finally:
+        handle.close()
+        os.close(w)

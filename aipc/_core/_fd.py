@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import stat
 import sys
 import threading
@@ -117,7 +118,9 @@ def _nothing_to_run() -> bool:
         return False
     loop = _get_running_loop()
     ready = getattr(loop, "_ready", None)
-    if ready is None or ready:
+    if ready is None:
+        return False
+    if ready and not _only_stale_fires(ready):
         return False
     scheduled = loop._scheduled  # type: ignore[union-attr]
     if scheduled and scheduled[0]._when < loop.time() + loop._clock_resolution:  # type: ignore[union-attr]
@@ -126,6 +129,18 @@ def _nothing_to_run() -> bool:
     if task is None or task._must_cancel:
         return False
     _skipped += 1
+    return True
+
+
+def _only_stale_fires(ready: Any) -> bool:
+    # whether every ready handle is a watcher's report that it will ignore
+    # (_Watcher.stale): running them would do nothing
+    for handle in ready:
+        if handle._cancelled:
+            continue
+        watcher = getattr(handle._callback, "__self__", None)
+        if type(watcher) is not _Watcher or not watcher.stale:
+            return False
     return True
 
 
@@ -176,6 +191,8 @@ class _Watcher:
         "loop",
         "readable",
         "registered",
+        "reports_twice",
+        "stale",
         "thread",
         "waiter",
     )
@@ -189,9 +206,27 @@ class _Watcher:
         self.idle = 0
         self.waiter: asyncio.Future[Any] | None = None
         self.attempt: Callable[[], Any] | None = None
+        # asyncio's own loop wakes a task one iteration after the callback
+        # that completed its future, and polls in between: a wait that only
+        # asked for readiness (no attempt: the task acts on the fd itself)
+        # sees its fd reported once more before the task has acted. That
+        # report is stale (see _fire), and a checkpoint need not yield for it
+        # (_only_stale_fires). uvloop runs the task in the same iteration.
+        self.reports_twice = hasattr(loop, "_ready")
+        self.stale = False
 
     def _fire(self) -> None:
         waiter = self.waiter
+        if self.stale:
+            # The report after a readiness-only fire (see __init__), taken
+            # before the woken task acted on the fd. With nobody waiting it is
+            # dropped. If the task has acted and waits again, whether the fd
+            # is still ready is a question for the kernel, not for that old
+            # report: one poll() answers it (request/response traffic: no,
+            # and the task is spared a wake-up for nothing; a stream: yes).
+            self.stale = False
+            if waiter is None or waiter.done() or not self._ready_now():
+                return
         if waiter is None or waiter.done():
             # Ready with nobody waiting. On asyncio the task woken by the previous
             # fire only runs in the next loop iteration, after a select() that
@@ -207,6 +242,7 @@ class _Watcher:
         attempt = self.attempt
         if attempt is None:
             result: Any = True
+            self.stale = self.reports_twice
         else:
             try:
                 result = attempt()
@@ -219,8 +255,14 @@ class _Watcher:
         self.waiter = self.attempt = None
         waiter.set_result(result)
 
+    def _ready_now(self) -> bool:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN if self.readable else select.POLLOUT)
+        return bool(poller.poll(0))
+
     def unregister(self) -> None:
         self.idle = 0
+        self.stale = False
         if self.registered:
             self.registered = False
             if self.readable:
