@@ -92,7 +92,9 @@ def current_library() -> str:
 SKIP_BUDGET = 16
 _skipped = 0
 _get_running_loop = asyncio.events._get_running_loop
-_current_tasks: dict[Any, Any] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+# asyncio's private state that the skip reads (CPython 3.11 to 3.13); should a
+# later CPython drop one of them, checkpoints simply always yield
+_current_tasks: dict[Any, Any] | None = getattr(asyncio.tasks, "_current_tasks", None)
 
 
 def _nothing_to_run() -> bool:
@@ -114,19 +116,22 @@ def _nothing_to_run() -> bool:
     loop (in C, a pass costs 1.7 µs) and trio always yield.
     """
     global _skipped
-    if _skipped >= SKIP_BUDGET:
+    if _skipped >= SKIP_BUDGET or _current_tasks is None:
         return False
-    loop = _get_running_loop()
+    loop: Any = _get_running_loop()
     ready = getattr(loop, "_ready", None)
     if ready is None:
         return False
-    if ready and not _only_stale_fires(ready):
-        return False
-    scheduled = loop._scheduled  # type: ignore[union-attr]
-    if scheduled and scheduled[0]._when < loop.time() + loop._clock_resolution:  # type: ignore[union-attr]
-        return False
-    task = _current_tasks.get(loop)
-    if task is None or task._must_cancel:
+    try:
+        if ready and not _only_stale_fires(ready):
+            return False
+        scheduled = loop._scheduled
+        if scheduled and scheduled[0]._when < loop.time() + loop._clock_resolution:
+            return False
+        task = _current_tasks.get(loop)
+        if task is None or task._must_cancel:
+            return False
+    except AttributeError:  # a loop or task without asyncio's private state
         return False
     _skipped += 1
     return True
