@@ -276,31 +276,12 @@ class FdSendStream(_FdEnd, ByteSendStream):
             remaining = len(data)
             if not remaining:
                 return
-            write = self._write
-            guard = write is None and _sigpipe_would_kill()
             while True:
-                fd = handle.fd
-                if fd < 0:
-                    raise anyio.ClosedResourceError
-                try:
-                    if write is not None:
-                        n = write(fd, data)
-                    elif guard:
-                        n = _write_blocking_sigpipe(fd, data)
-                    else:
-                        n = os.write(fd, data)
-                except BlockingIOError:
+                n = self._write_once(data)
+                if not n:  # the buffer is full
                     self._waits += 1
                     await handle.wait_writable()
                     continue
-                except OSError as exc:
-                    if exc.errno == errno.EPIPE:
-                        self._broken = True
-                    raise translate_os_error(
-                        exc, closed=handle.closed, what=handle.what
-                    ) from exc
-                self._bytes += n
-                self._syscalls += 1
                 if n == remaining:
                     break
                 remaining -= n
