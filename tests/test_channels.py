@@ -1030,22 +1030,23 @@ async def test_shielded_send_finishes_its_frame_and_the_cancellation_comes_after
         with anyio.fail_after(TIMEOUT):
             async with anyio.create_task_group() as tg:
                 cancelled = anyio.Event()
+                scopes: list[anyio.CancelScope] = []
 
                 async def send() -> None:
                     with anyio.CancelScope() as scope:
-                        tg.start_soon(cancel_when_blocked, scope)
+                        scopes.append(scope)
                         await client.send(big)  # returns: the frame went out
                         assert scope.cancel_called
                         await anyio.lowlevel.checkpoint()  # the cancellation lands
                     assert scope.cancelled_caught
                     cancelled.set()
 
-                async def cancel_when_blocked(scope: anyio.CancelScope) -> None:
-                    await anyio.wait_all_tasks_blocked()
-                    scope.cancel()
-
                 tg.start_soon(send)
+                # the send is blocked on full socket buffers, mid-frame: cancel
+                # it there, before anything drains them (a canceller task of
+                # its own could run only after the transfer had finished)
                 await anyio.wait_all_tasks_blocked()
+                scopes[0].cancel()
                 assert await server.receive() == big
                 await cancelled.wait()
             await client.send(b"next")
