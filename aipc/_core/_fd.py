@@ -91,6 +91,7 @@ def current_library() -> str:
 #: pass of the loop this many times in a row (see _nothing_to_run).
 SKIP_BUDGET = 16
 _skipped = 0
+_NO_READY_QUEUE: set[type] = set()
 _get_running_loop = asyncio.events._get_running_loop
 # asyncio's private state that the skip reads (CPython 3.11 to 3.13); should a
 # later CPython drop one of them, checkpoints simply always yield
@@ -119,8 +120,13 @@ def _nothing_to_run() -> bool:
     if _skipped >= SKIP_BUDGET or _current_tasks is None:
         return False
     loop: Any = _get_running_loop()
+    if type(loop) in _NO_READY_QUEUE:
+        return False
     ready = getattr(loop, "_ready", None)
     if ready is None:
+        # uvloop: remembered by type, since a failed getattr costs more than
+        # the rest of this function
+        _NO_READY_QUEUE.add(type(loop))
         return False
     try:
         if ready and not _only_stale_fires(ready):
