@@ -448,6 +448,15 @@ class FdHandle:
         made from the loop callback; should the task be cancelled after it
         succeeded, ``keep`` receives the result so that nothing is lost.
         """
+        watcher = self._rwatch
+        if (
+            watcher is not None
+            and self._fd >= 0
+            and watcher.thread == threading.get_ident()
+            and watcher.loop.is_running()
+        ):
+            # _wait's common case, inlined: the hot path of every receive
+            return watcher.wait(attempt, keep)
         return self._wait(True, attempt, keep)
 
     def _wait(

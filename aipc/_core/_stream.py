@@ -137,6 +137,10 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
         self._receiving = False
         self._pending = b""
         self._expect_empty = False
+        # the read a wait hands to the loop callback, kept between waits
+        self._attempt: Callable[[], bytes] = partial(read, -1, 0)
+        self._attempt_fd = -1
+        self._attempt_size = 0
 
     def _keep(self, data: bytes) -> None:
         # a read completed for a receive that was cancelled before it returned
@@ -183,7 +187,7 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
             read = self._read
             yielded = False
             while True:
-                fd = handle.fd
+                fd = handle._fd
                 if fd < 0:
                     if not yielded:
                         await checkpoint()
@@ -192,9 +196,13 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
                     if wait:
                         yielded = True
                         self._waits += 1
-                        data = await handle.read_when_ready(
-                            partial(read, fd, max_bytes), self._keep
-                        )
+                        attempt = self._attempt
+                        if self._attempt_size != max_bytes or self._attempt_fd != fd:
+                            # one callable per (fd, size), not one per wait
+                            attempt = self._attempt = partial(read, fd, max_bytes)
+                            self._attempt_fd = fd
+                            self._attempt_size = max_bytes
+                        data = await handle.read_when_ready(attempt, self._keep)
                     else:
                         data = read(fd, max_bytes)
                 except BlockingIOError:
@@ -262,7 +270,7 @@ class FdSendStream(_FdEnd, ByteSendStream):
         try:
             await checkpoint()
             handle = self._handle
-            if handle.fd < 0:
+            if handle._fd < 0:
                 raise anyio.ClosedResourceError
             if self._broken:
                 raise anyio.BrokenResourceError(
@@ -306,7 +314,7 @@ class FdSendStream(_FdEnd, ByteSendStream):
 
     def _write_once(self, data: bytes | bytearray | memoryview) -> int:
         handle = self._handle
-        fd = handle.fd
+        fd = handle._fd
         if fd < 0:
             raise anyio.ClosedResourceError
         if self._broken:
