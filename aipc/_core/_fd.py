@@ -168,7 +168,10 @@ async def checkpoint() -> None:
     if _GENERIC_WAIT:
         await _anyio_checkpoint()
         return
-    lib = current_library()
+    # current_library(), inlined: this runs on every send and receive
+    lib = _sniffio_thread.name
+    if lib is None:
+        lib = _sniffio_cvar.get() or "asyncio"
     if lib == "asyncio":
         if _nothing_to_run():
             return

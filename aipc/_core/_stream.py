@@ -59,11 +59,13 @@ def _check_max_bytes(max_bytes: int) -> int:
 _getsignal: Callable[[int], object] = getattr(signal, "_signal").getsignal  # noqa: B009
 
 
-def _sigpipe_would_kill() -> bool:
-    # CPython ignores SIGPIPE at start-up, so a write to a pipe without readers
-    # fails with EPIPE. An embedding application (or code that restored SIG_DFL)
-    # may have changed that; then the write must run with SIGPIPE blocked.
-    return _getsignal(signal.SIGPIPE) != signal.SIG_IGN
+# CPython ignores SIGPIPE at start-up, so a write to a pipe without readers
+# fails with EPIPE. An embedding application (or code that restored SIG_DFL)
+# may have changed that; then the write must run with SIGPIPE blocked. Each
+# write checks (_write_once): the disposition is the process's, and anyone may
+# change it at any time.
+_SIGPIPE = signal.SIGPIPE
+_SIG_IGN = signal.SIG_IGN
 
 
 def _write_blocking_sigpipe(fd: int, data: bytes | bytearray | memoryview) -> int:
@@ -325,7 +327,7 @@ class FdSendStream(_FdEnd, ByteSendStream):
         try:
             if write is not None:
                 n = write(fd, data)
-            elif _sigpipe_would_kill():
+            elif _getsignal(_SIGPIPE) != _SIG_IGN:  # SIGPIPE would kill us
                 n = _write_blocking_sigpipe(fd, data)
             else:
                 n = os.write(fd, data)
