@@ -602,9 +602,12 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
     def __init__(self, sock: socket.socket, bound: _BoundPath | None = None) -> None:
         handle = self._setup(sock, bound)
         recv, send = sock.recv, sock.send
-        FdReceiveStream.__init__(self, handle, read=lambda fd, n: recv(n, _DONTWAIT))
+        # on trio, trio's own sockets' order of reads and writes (_core/_stream)
+        FdReceiveStream.__init__(
+            self, handle, read=lambda fd, n: recv(n, _DONTWAIT), trio_reads_first=True
+        )
         self._sender = FdSendStream(
-            handle, write=lambda fd, data: send(data, _SEND_FLAGS)
+            handle, write=lambda fd, data: send(data, _SEND_FLAGS), trio_order=True
         )
         self._pending_fds: list[ReceivedFd] = []
         self._eof_sent = False
@@ -638,58 +641,7 @@ class UnixStream(_Socket, FdReceiveStream, ByteStream):
             # trio streams say "closed" for a direction this side ended
             await checkpoint()
             raise anyio.ClosedResourceError("cannot send after send_eof()")
-        if item and current_library() == "trio":
-            await self._send_trio_order(item)
-        else:
-            await self._sender.send(item)
-
-    # After a short read, aipc's streams wait before the next read instead of
-    # trying it first (request/response: it would fail). trio's own sockets
-    # always try first, and on trio so does this socket: a peer that reads a
-    # bulk transfer in large chunks (larger than the socket buffer, so every
-    # read is short) otherwise sleeps in epoll where the read would find what
-    # the writer added meanwhile (1 MiB chunks: 0.7x anyio's throughput).
-    @property
-    def _expect_empty(self) -> bool:
-        return self._short_read
-
-    @_expect_empty.setter
-    def _expect_empty(self, value: bool) -> None:
-        self._short_read = value and current_library() != "trio"
-
-    async def _send_trio_order(self, item: bytes | bytearray | memoryview) -> None:
-        # trio's own sockets check for cancellation before the write and yield
-        # after it, shielded (checkpoint_if_cancelled, then
-        # cancel_shielded_checkpoint): the write leaves at once instead of after
-        # a pass of trio's run loop, which otherwise sits on a round trip's
-        # critical path (across cores it made the round trip twice anyio's).
-        # Between two partial writes it yields too, as trio's send_all does:
-        # the retry then often finds room the peer made meanwhile, where an
-        # immediate one would fail and sleep until the peer wakes it. Same
-        # contract: a cancelled send raised before writing, or while waiting
-        # for room. A send that waited has yielded already.
-        lowlevel = _trio().lowlevel
-        await lowlevel.checkpoint_if_cancelled()
-        sender = self._sender
-        waits = sender._waits
-        try:
-            if self._handle.fd < 0:
-                raise anyio.ClosedResourceError
-            data = (
-                item if type(item) in (bytes, bytearray) else memoryview(item).cast("B")
-            )
-            remaining = len(data)
-            while True:
-                n = await sender._send_some(data)
-                remaining -= n
-                if not remaining:
-                    break
-                data = memoryview(data)[n:]
-                await lowlevel.cancel_shielded_checkpoint()
-            sender._ops += 1
-        finally:
-            if sender._waits == waits:  # also before an error: still a checkpoint
-                await lowlevel.cancel_shielded_checkpoint()
+        await self._sender.send(item)
 
     def _send_some(self, data: bytes | bytearray | memoryview) -> Awaitable[int]:
         # for channels: one write, cancellable only before it (FdSendStream)
@@ -1095,7 +1047,7 @@ class _MessageSocket(_Socket, Generic[_M]):
         """
         if self._sending:
             raise anyio.BusyResourceError("sending to")
-        # on trio, trio's own order (see UnixStream._send_trio_order)
+        # on trio, trio's own order (see FdSendStream._send_trio_order)
         lowlevel = _trio().lowlevel if current_library() == "trio" else None
         if lowlevel is not None:
             await lowlevel.checkpoint_if_cancelled()
