@@ -38,7 +38,7 @@ import threading
 import types
 import warnings
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import anyio
 import sniffio
@@ -338,7 +338,7 @@ async def _raise_closed() -> Any:
     raise anyio.ClosedResourceError
 
 
-def _current(watcher: _Watcher | None) -> bool:
+def _current(watcher: _Watcher | None) -> TypeGuard[_Watcher]:
     # asyncio.get_running_loop() costs a getpid() syscall on every call; a
     # watcher whose loop is running in this very thread is the current one,
     # since a thread runs one loop at a time.
@@ -452,13 +452,8 @@ class FdHandle:
         succeeded, ``keep`` receives the result so that nothing is lost.
         """
         watcher = self._rwatch
-        if (
-            watcher is not None
-            and self._fd >= 0
-            and watcher.thread == threading.get_ident()
-            and watcher.loop.is_running()
-        ):
-            # _wait's common case, inlined: the hot path of every receive
+        if self._fd >= 0 and _current(watcher):
+            # _wait's common case, without its dispatch: every receive's path
             return watcher.wait(attempt, keep)
         return self._wait(True, attempt, keep)
 
