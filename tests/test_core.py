@@ -278,9 +278,11 @@ def test_current_library_under_plain_runners(runner: str) -> None:
     assert seen == (expected, expected)
 
 
-async def test_checkpoint_lets_ready_work_run_and_cancels() -> None:
-    # on asyncio's own loop a checkpoint with nothing else to run may skip its
-    # pass of the loop; anything that could run or cancel must still see one
+async def test_checkpoint_lets_ready_work_run_and_cancels(
+    anyio_backend_name: str,
+) -> None:
+    # a checkpoint with nothing else to run may skip its pass of the loop;
+    # anything that could run or cancel must still see one
     import socket
 
     from aipc._core._fd import SKIP_BUDGET, checkpoint
@@ -305,7 +307,10 @@ async def test_checkpoint_lets_ready_work_run_and_cancels() -> None:
                 while not woke.is_set():
                     await checkpoint()
                     count += 1
-            assert count <= SKIP_BUDGET + 4
+            # on trio a task woken in the same batch as this one is invisible
+            # until the batch is done: at worst one more budget
+            batches = 2 if anyio_backend_name == "trio" else 1
+            assert count <= batches * SKIP_BUDGET + 4
     # a due deadline cancels at the next checkpoint
     count = 0
     with anyio.move_on_after(0) as scope:
@@ -325,6 +330,30 @@ async def test_checkpoint_lets_ready_work_run_and_cancels() -> None:
             for _ in range(SKIP_BUDGET + 2):
                 await checkpoint()
         assert scope.cancelled_caught
+
+
+async def test_checkpoint_skips_passes_with_nothing_else_to_run(
+    anyio_backend_name: str,
+) -> None:
+    # the skip is found on every backend (uvloop's queues through the garbage
+    # collector's view of its loop, trio's through its run state), and a
+    # skipped checkpoint still counts as one for trio's own checker
+    from aipc._core import _fd
+
+    await _fd.checkpoint()  # may yield once (uvloop: the probe's handle)
+    for _ in range(4):
+        await _fd.checkpoint()
+    assert _fd._skipped >= 3
+    if anyio_backend_name == "trio":
+        import trio.testing
+
+        with trio.testing.assert_checkpoints():
+            await _fd.checkpoint()
+    # a deadline that falls due while skipping cancels at the next checkpoint
+    with anyio.move_on_after(0.001) as scope:
+        while True:
+            await _fd.checkpoint()
+    assert scope.cancelled_caught
 
 
 async def _cancel_scope(scope: anyio.CancelScope) -> None:

@@ -323,6 +323,8 @@ async def test_back_pressure(mq_name: Names) -> None:
                     sent.receive_nowait()
                 assert await mq.receive() == b"1"  # makes room for one
                 assert await sent.receive() == b"3"
+                # full again ("2", "3"): the sender waits for room for "4"
+                await anyio.wait_all_tasks_blocked()
                 assert await mq.receive() == b"2"
                 assert await sent.receive() == b"4"
         assert _drain(mq) == [b"3", b"4"]

@@ -87,46 +87,57 @@ def current_library() -> str:
     return name
 
 
-#: On asyncio's own loop, a checkpoint with nothing else to run may skip its
-#: pass of the loop this many times in a row (see _nothing_to_run).
+#: A checkpoint with nothing else to run may skip its pass of the event loop
+#: this many times in a row (see _nothing_to_run).
 SKIP_BUDGET = 16
 _skipped = 0
-_NO_READY_QUEUE: set[type] = set()
 _get_running_loop = asyncio.events._get_running_loop
 # asyncio's private state that the skip reads (CPython 3.11 to 3.13); should a
 # later CPython drop one of them, checkpoints simply always yield
 _current_tasks: dict[Any, Any] | None = getattr(asyncio.tasks, "_current_tasks", None)
+#: Loop types with no ``_ready`` attribute (uvloop's), and those of them whose
+#: ready queue could not be found either: their checkpoints always yield.
+_HIDDEN_READY_QUEUE: set[type] = set()
+_NO_SKIP: set[type] = set()
+#: uvloop keeps its ready queue and timers in C fields; found once per loop
+#: (_find_uvloop_queues): by id(loop), a weak reference to the loop, its ready
+#: deque, its set of timer handles
+_uv_queues: dict[int, tuple[Any, Any, Any]] = {}
+#: With more live uvloop timers than this, a checkpoint yields instead of
+#: scanning them for a due one.
+_UV_MAX_TIMERS = 8
 
 
 def _nothing_to_run() -> bool:
-    """On asyncio's pure-Python loop: whether a pass of the loop now would run
-    nothing but the current task again, so a checkpoint can skip it.
+    """On asyncio and uvloop: whether a pass of the loop now would run nothing
+    but the current task again, so a checkpoint can skip it.
 
-    A pass costs 3 to 6 µs of Python (``_run_once``, the selector, the task
-    step), a third of a pipe round trip's CPU on one core. It is skipped only
-    when no callback or task is ready (``_ready``: a task woken, a
-    ``call_soon``, anyio's delivery of a cancel scope's cancellation, a
-    callback from another thread), no timer is due (a deadline of
-    ``anyio.move_on_after`` or ``asyncio.timeout``) and no plain
-    ``Task.cancel()`` is pending for this task (``_must_cancel``): exactly
-    the cases where a yield would let something else run or raise a
-    cancellation here. What it cannot see is I/O readiness of other
-    descriptors, so at most SKIP_BUDGET checkpoints in a row skip: a task
-    that never waits still polls the loop every SKIP_BUDGET operations (for
-    comparison, asyncio's own ``StreamWriter.write`` never yields). uvloop's
-    loop (in C, a pass costs 1.7 µs) and trio always yield.
+    A pass costs 3 to 6 µs of Python on asyncio's own loop (``_run_once``, the
+    selector, the task step) and about 2 µs on uvloop, a third of a pipe
+    round trip's CPU on one core. It is skipped only when no callback or task
+    is ready (the ready queue: a task woken, a ``call_soon``, anyio's delivery
+    of a cancel scope's cancellation, a callback from another thread), no
+    timer is due (a deadline of ``anyio.move_on_after`` or
+    ``asyncio.timeout``) and no plain ``Task.cancel()`` is pending for this
+    task (``_must_cancel``): exactly the cases where a yield would let
+    something else run or raise a cancellation here. What it cannot see is
+    I/O readiness of other descriptors (and, on uvloop, transport writes
+    queued for the end of the pass), so at most SKIP_BUDGET checkpoints in a
+    row skip: a task that never waits still polls the loop every SKIP_BUDGET
+    operations (for comparison, asyncio's own ``StreamWriter.write`` never
+    yields).
     """
     global _skipped
     if _skipped >= SKIP_BUDGET or _current_tasks is None:
         return False
     loop: Any = _get_running_loop()
-    if type(loop) in _NO_READY_QUEUE:
-        return False
+    if type(loop) in _HIDDEN_READY_QUEUE:
+        return _nothing_to_run_uvloop(loop)
     ready = getattr(loop, "_ready", None)
     if ready is None:
         # uvloop: remembered by type, since a failed getattr costs more than
         # the rest of this function
-        _NO_READY_QUEUE.add(type(loop))
+        _HIDDEN_READY_QUEUE.add(type(loop))
         return False
     try:
         if ready and not _only_stale_fires(ready):
@@ -143,6 +154,78 @@ def _nothing_to_run() -> bool:
     return True
 
 
+def _nothing_to_run_uvloop(loop: Any) -> bool:
+    # _nothing_to_run on a loop whose ready queue is no attribute (uvloop)
+    global _skipped
+    queues = _uv_queues.get(id(loop))
+    if queues is None or queues[0]() is not loop:
+        if type(loop) in _NO_SKIP:
+            return False
+        found = _find_uvloop_queues(loop)
+        if found is None:
+            return False
+        queues = found
+    ready, timers = queues[1], queues[2]
+    # a uvloop handle hides whether it is cancelled: any entry counts
+    if ready:
+        return False
+    if timers:
+        if len(timers) > _UV_MAX_TIMERS:
+            return False
+        now = loop.time()
+        for timer in timers:
+            if timer.when() <= now:
+                return False
+    task = _current_tasks.get(loop) if _current_tasks is not None else None
+    if task is None or task._must_cancel:
+        return False
+    _skipped += 1
+    return True
+
+
+def _noop() -> None:
+    pass
+
+
+def _find_uvloop_queues(loop: Any) -> tuple[Any, Any, Any] | None:
+    """Find uvloop's ready deque and timer set among the loop's references.
+
+    They are C fields of uvloop's ``Loop``, invisible as attributes, but the
+    loop reports them to the garbage collector (``gc.get_referents``). The
+    one deque that holds a fresh ``call_soon`` handle is the ready queue, the
+    one set that holds a fresh ``call_later`` handle (and drops it when it is
+    cancelled) the live timers. Both probes are cancelled at once; the
+    cancelled ready entry only makes the next checkpoint yield. A loop where
+    either is not found exactly once always yields from then on.
+    """
+    import collections
+    import gc
+    import weakref
+
+    handle = loop.call_soon(_noop)
+    timer = loop.call_later(3600.0, _noop)
+    try:
+        refs = gc.get_referents(loop)
+        readies = [r for r in refs if type(r) is collections.deque and handle in r]
+        timer_sets = [r for r in refs if type(r) is set and timer in r]
+    finally:
+        handle.cancel()
+        timer.cancel()
+    if len(readies) != 1 or len(timer_sets) != 1 or timer in timer_sets[0]:
+        _NO_SKIP.add(type(loop))
+        return None
+    try:
+        ref = weakref.ref(loop)
+    except TypeError:
+        _NO_SKIP.add(type(loop))
+        return None
+    for key, (other, _, _) in list(_uv_queues.items()):
+        if other() is None:
+            del _uv_queues[key]  # a closed loop's entry
+    queues = _uv_queues[id(loop)] = (ref, readies[0], timer_sets[0])
+    return queues
+
+
 def _only_stale_fires(ready: Any) -> bool:
     # whether every ready handle is a watcher's report that it will ignore
     # (_Watcher.stale): running them would do nothing
@@ -155,14 +238,61 @@ def _only_stale_fires(ready: Any) -> bool:
     return True
 
 
+_trio_context: Any = None
+
+
+def _nothing_to_run_trio() -> bool:
+    """On trio: whether trio's scheduler, given a pass now, would run nothing
+    but the current task again, so a checkpoint can skip it.
+
+    trio's own ``checkpoint()`` allows exactly this: "the scheduler has the
+    option of ignoring this and continuing to run the current task if it
+    decides this is appropriate (e.g. for increased efficiency)". A pass of
+    trio's run loop costs about 6 µs here. It is skipped only when no task is
+    runnable (``runq``; tasks later in the current batch are not visible
+    there, and run at the latest SKIP_BUDGET operations later), no deadline
+    is due, this task is not cancelled and no KeyboardInterrupt is pending.
+    The skipped checkpoint still counts as a schedule and cancel point for
+    ``trio.testing.assert_checkpoints``. I/O readiness of other descriptors is
+    invisible, hence the same SKIP_BUDGET as on asyncio.
+    """
+    global _skipped, _trio_context
+    if _skipped >= SKIP_BUDGET:
+        return False
+    context = _trio_context
+    if context is None:
+        run = sys.modules.get("trio._core._run")
+        context = _trio_context = getattr(run, "GLOBAL_RUN_CONTEXT", False)
+    if context is False:
+        return False
+    try:
+        runner = context.runner
+        if runner.runq or runner.ki_pending:
+            return False
+        task = context.task
+        if task._cancel_status.effectively_cancelled:
+            return False
+        heap = runner.deadlines._heap
+        if heap and heap[0][0] <= runner.clock.current_time():
+            return False
+        task._schedule_points += 1
+        task._cancel_points += 1
+    except AttributeError:  # a trio without this private state: always yield
+        _trio_context = False
+        return False
+    _skipped += 1
+    return True
+
+
 async def checkpoint() -> None:
     """A cancel point, and a schedule point whenever something else can run.
 
     Same semantics as ``anyio.lowlevel.checkpoint()`` as far as any other
     task, callback, timer or cancellation can tell, without its generic
-    dispatch (about as much again as the yield itself on asyncio). On
-    asyncio's own loop a checkpoint with nothing else to run skips the pass
-    of the loop, at most SKIP_BUDGET times in a row (:func:`_nothing_to_run`).
+    dispatch (about as much again as the yield itself on asyncio). A
+    checkpoint with nothing else to run skips the pass of the loop, at most
+    SKIP_BUDGET times in a row (:func:`_nothing_to_run`,
+    :func:`_nothing_to_run_trio`).
     """
     global _skipped
     if _GENERIC_WAIT:
@@ -178,6 +308,9 @@ async def checkpoint() -> None:
         _skipped = 0
         await _yield()
     elif lib == "trio":
+        if _nothing_to_run_trio():
+            return
+        _skipped = 0
         await _trio().lowlevel.checkpoint()
     else:  # pragma: no cover - another anyio backend
         await _anyio_checkpoint()
@@ -488,6 +621,7 @@ class FdHandle:
         readable: bool,
         attempt: Callable[[], T] | None,
     ) -> Any:
+        global _skipped
         trio = _trio() if lib == "trio" and not _GENERIC_WAIT else None
         while True:
             if trio is not None:
@@ -498,6 +632,7 @@ class FdHandle:
                         await trio.lowlevel.wait_readable(fd)
                     else:
                         await trio.lowlevel.wait_writable(fd)
+                    _skipped = 0  # trio has run a pass: the budget starts over
                 except trio.ClosedResourceError:
                     raise anyio.ClosedResourceError from None
                 except trio.BusyResourceError:
