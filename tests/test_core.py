@@ -356,6 +356,30 @@ async def test_checkpoint_skips_passes_with_nothing_else_to_run(
     assert scope.cancelled_caught
 
 
+async def test_large_sends_yield_on_trio_and_uvloop(anyio_backend_name: str) -> None:
+    # a send of more than LARGE_OPERATION bytes passes through the loop on
+    # trio and uvloop even with nothing else to run (checkpoint_large); small
+    # ones skip the pass
+    import asyncio
+
+    from aipc import create_pipe
+    from aipc._core import _fd
+
+    rx, tx = create_pipe(capacity=1 << 20)
+    async with rx, tx:
+        for _ in range(4):
+            await tx.send(b"x")
+        assert _fd._skipped >= 3
+        await tx.send(bytes(_fd.LARGE_OPERATION + 1))
+        pure_asyncio = anyio_backend_name == "asyncio" and type(
+            asyncio.get_running_loop()
+        ).__module__.startswith("asyncio")
+        if pure_asyncio:
+            assert _fd._skipped >= 4  # asyncio's own loop: skipped as well
+        else:
+            assert _fd._skipped == 0
+
+
 async def _cancel_scope(scope: anyio.CancelScope) -> None:
     scope.cancel()
 

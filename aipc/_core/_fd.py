@@ -44,7 +44,14 @@ import anyio
 import sniffio
 from anyio.lowlevel import checkpoint as _anyio_checkpoint
 
-__all__ = ["FdHandle", "checkpoint", "current_library", "reopen_private_nonblocking"]
+__all__ = [
+    "LARGE_OPERATION",
+    "FdHandle",
+    "checkpoint",
+    "checkpoint_large",
+    "current_library",
+    "reopen_private_nonblocking",
+]
 
 _GENERIC_WAIT = os.environ.get("AIPC_GENERIC_WAIT", "") not in ("", "0")
 
@@ -314,6 +321,41 @@ async def checkpoint() -> None:
         await _trio().lowlevel.checkpoint()
     else:  # pragma: no cover - another anyio backend
         await _anyio_checkpoint()
+
+
+async def checkpoint_large() -> None:
+    """The checkpoint of an operation that moves more than LARGE_OPERATION
+    bytes: on trio and uvloop a pass of the loop, never skipped.
+
+    There the pass costs little beside the copy, and it keeps a producer and
+    a consumer that each move a whole kernel buffer at a time out of
+    lock-step, where each finds the buffer full (empty) and sleeps until the
+    other wakes it. Across cores, 64 KiB sends into a default 64 KiB pipe
+    went from 2.3 to 1.3 GB/s on trio when their checkpoints were skipped,
+    and back with this. On asyncio's own loop the pass costs more Python than
+    it buys back: there this is :func:`checkpoint`.
+    """
+    global _skipped
+    if _GENERIC_WAIT:
+        await _anyio_checkpoint()
+        return
+    lib = _sniffio_thread.name
+    if lib is None:
+        lib = _sniffio_cvar.get() or "asyncio"
+    if lib == "asyncio":
+        if type(_get_running_loop()) not in _HIDDEN_READY_QUEUE and _nothing_to_run():
+            return
+        _skipped = 0
+        await _yield()
+    elif lib == "trio":
+        _skipped = 0
+        await _trio().lowlevel.checkpoint()
+    else:  # pragma: no cover - another anyio backend
+        await _anyio_checkpoint()
+
+
+#: Operations moving more than this many bytes use checkpoint_large.
+LARGE_OPERATION = 16384
 
 
 _CLOSED: Any = object()

@@ -21,7 +21,14 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from ._errors import translate_os_error
-from ._fd import FdHandle, _trio, checkpoint, current_library
+from ._fd import (
+    LARGE_OPERATION,
+    FdHandle,
+    _trio,
+    checkpoint,
+    checkpoint_large,
+    current_library,
+)
 
 __all__ = ["FdReceiveStream", "FdSendStream", "StreamStatistics"]
 
@@ -294,7 +301,10 @@ class FdSendStream(_FdEnd, ByteSendStream):
             return
         self._sending = True
         try:
-            await checkpoint()
+            if len(item) > LARGE_OPERATION:
+                await checkpoint_large()
+            else:
+                await checkpoint()
             handle = self._handle
             if handle._fd < 0:
                 raise anyio.ClosedResourceError
