@@ -16,10 +16,19 @@ Layout (64-bit words, native byte order; each hot word on its own cache line)::
     byte 192  the receiver's sleep generation (odd: asleep or going to sleep)
     byte 256  the sender's sleep generation
     byte 320  the sender closed the ring        byte 384  the receiver did
+    byte 448  the receiver's cursor: messages it took from the batch record
+              at tail (written by it only; a handed-off copy resumes there)
     byte 4096 the data area: ``capacity`` bytes, a power of two
 
 Message mode stores records: an 8-byte word ``length << 1`` then the payload,
-padded to 8 bytes. A record never wraps: when it does not fit before the end
+padded to 8 bytes. ``send_many`` packs runs of messages into *batch records*
+instead: the word ``body << 2 | 3`` (``body`` bytes follow it), the count of
+messages, their 4-byte lengths (padded to 8 bytes), then the messages back to
+back. The receiver copies them out with a few C-level calls per batch (one
+slice of the map each) rather than a dozen Python steps per message, which is
+what brings 64-byte messages to millions a second; it takes them one by one
+or many at a time alike, advancing its cursor, and gives the room back when
+the last one is taken. A record never wraps: when it does not fit before the end
 of the area, a padding record (word 1) fills the rest and the record starts
 at offset 0. So a message is always one contiguous slice (the zero-copy
 lease), and the largest message is ``capacity // 2 - 8`` bytes, which makes
@@ -91,8 +100,11 @@ import socket
 import stat
 import sys
 import threading
+from array import array
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from time import perf_counter_ns
 from typing import Any, Self
 
@@ -134,7 +146,7 @@ _MIN_CAPACITY = 4096
 _MAX_CAPACITY = 1 << 40
 _HEADER_SIZE = 4096
 _MAGIC = int.from_bytes(b"AIPCRING", "little")
-_VERSION = 1
+_VERSION = 2
 _MESSAGES = 1
 _BYTES = 2
 _MODE_NAMES = {_MESSAGES: "messages", _BYTES: "bytes"}
@@ -151,6 +163,11 @@ _W_RX_SEQ = 24
 _W_TX_SEQ = 32
 _W_TX_CLOSED = 40
 _W_RX_CLOSED = 48
+_W_RX_CURSOR = 56
+#: send_many packs runs of at least this many messages into batch records, of
+#: at most _BATCH_MAX messages each
+_BATCH_MIN = 4
+_BATCH_MAX = 4096
 
 #: byte-mode sends of at most this many bytes are written whole or not at all
 #: (as a pipe's PIPE_BUF), so a small send cancelled while waiting wrote nothing
@@ -797,12 +814,15 @@ class RingLease:
     sliced from it must not be used any more (the sender may overwrite them).
     """
 
-    __slots__ = ("_owner", "_tail", "data")
+    __slots__ = ("_cursor", "_owner", "_tail", "data")
 
-    def __init__(self, owner: RingReceiver, data: memoryview, tail: int) -> None:
+    def __init__(
+        self, owner: RingReceiver, data: memoryview, tail: int, cursor: int
+    ) -> None:
         self._owner: RingReceiver | None = owner
         self.data = data
-        self._tail = tail
+        self._tail = tail  # the receiver's tail and cursor once released
+        self._cursor = cursor
 
     @property
     def released(self) -> bool:
@@ -915,21 +935,27 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._lease: RingLease | None = None
+        # messages already taken from the batch record at tail (kept in the
+        # header, so that a handed-off receiver carries on where this one was)
+        self._cursor = self._hdr[_W_RX_CURSOR]
+        # (tail, start offsets, size) of the last batch record parsed
+        self._batch: tuple[int, list[int], int] | None = None
 
     @property
     def max_message_size(self) -> int:
         """The largest message the ring carries: ``capacity // 2 - 8`` bytes."""
         return self._cap // 2 - 8
 
-    def _locate(self) -> tuple[int, int, int] | None:
-        """(offset, length, tail after) of the next message, or None if empty."""
+    def _locate(self) -> tuple[int, int, int, int] | None:
+        """(offset in the data area, length, tail after, cursor after) of the
+        next message, or None if empty."""
         avail = self._available()
         if not avail:
             return None
         tail = self._tail
         off = tail & self._mask
         word = self._dq[off >> 3]
-        if word & 1:  # padding: the message starts at offset 0
+        if word == 1:  # padding: the message starts at offset 0
             skip = self._cap - off
             if skip >= avail:
                 raise _corrupt("a padding record with nothing after it")
@@ -937,11 +963,67 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
             avail -= skip
             off = 0
             word = self._dq[0]
+        if word & 1:
+            starts, size = self._batch_at(tail, off, word, tail + avail)
+            c = self._cursor
+            start, n = starts[c] - _HEADER_SIZE, starts[c + 1] - starts[c]
+            if c + 2 == len(starts):  # the batch's last message
+                return start, n, tail + size, 0
+            return start, n, tail, c + 1
         n = word >> 1
         size = 8 + ((n + 7) & -8)
         if size > avail or off + size > self._cap:
             raise _corrupt(f"a record of {n} bytes at offset {off}")
-        return off, n, tail + size
+        return off + 8, n, tail + size, 0
+
+    def _batch_at(
+        self, tail: int, off: int, word: int, head: int
+    ) -> tuple[list[int], int]:
+        """The batch record at ``tail`` (data offset ``off``): the map offsets
+        where its messages start plus where the last one ends, and the
+        record's size. Checked once, then remembered until tail moves."""
+        batch = self._batch
+        if batch is not None and batch[0] == tail:
+            return batch[1], batch[2]
+        body = word >> 2
+        size = 8 + ((body + 7) & -8)
+        if word & 3 != 3 or size > head - tail or off + size > self._cap:
+            raise _corrupt(f"a record word {word:#x} at offset {off}")
+        k = self._dq[(off >> 3) + 1]
+        table = 8 + ((4 * k + 7) & -8)
+        if not 0 < k < body // 4 or table > body or self._cursor >= k:
+            raise _corrupt(f"a batch of {k} messages in a record of {body} bytes")
+        lens = self._data[off + 16 : off + 16 + 4 * k].cast("I")
+        try:
+            starts = list(accumulate(lens, initial=_HEADER_SIZE + off + 8 + table))
+        finally:
+            lens.release()
+        if starts[-1] != _HEADER_SIZE + off + 8 + body:
+            raise _corrupt(f"a batch whose lengths do not add up at offset {off}")
+        self._batch = (tail, starts, size)
+        return starts, size
+
+    def _take_batch(
+        self, tail: int, off: int, word: int, head: int, max_items: int
+    ) -> tuple[list[bytes], int, int]:
+        """Copy out up to ``max_items`` messages of the batch record at
+        ``tail``: (messages, tail after, bytes). The cursor moves; the caller
+        publishes the tail."""
+        starts, size = self._batch_at(tail, off, word, head)
+        c = self._cursor
+        k = len(starts) - 1
+        end = k if k - c <= max_items else c + max_items
+        # one C loop: each message a slice of the map, as _take_one's
+        mm = self._mm
+        cuts = map(slice, starts[c:end], starts[c + 1 : end + 1])
+        items = list(map(mm.__getitem__, cuts))
+        nbytes = starts[end] - starts[c]
+        if end == k:
+            tail += size
+            end = 0
+        self._cursor = end
+        self._hdr[_W_RX_CURSOR] = end
+        return items, tail, nbytes
 
     def _take_many(self, max_items: int) -> list[bytes]:
         """Copy out up to ``max_items`` messages; give their room back once."""
@@ -969,10 +1051,18 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
                 self._head = head
             off = tail & mask
             word = dq[off >> 3]
-            if word & 1:  # padding: the message starts at offset 0
-                tail += cap - off
-                off = 0
-                word = dq[0]
+            if word & 1:
+                if word == 1:  # padding: the record starts at offset 0
+                    tail += cap - off
+                    off = 0
+                    word = dq[0]
+                if word & 1:  # a batch record
+                    more, tail, n = self._take_batch(
+                        tail, off, word, head, max_items - len(items)
+                    )
+                    items += more
+                    nbytes += n
+                    continue
             n = word >> 1
             size = 8 + ((n + 7) & -8)
             if size > head - tail or off + size > cap:
@@ -998,10 +1088,18 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         off = tail & (cap - 1)
         dq = self._dq
         word = dq[off >> 3]
-        if word & 1:  # padding: the message starts at offset 0
-            tail += cap - off
-            off = 0
-            word = dq[0]
+        if word & 1:
+            if word == 1:  # padding: the record starts at offset 0
+                tail += cap - off
+                off = 0
+                word = dq[0]
+            if word & 1:  # a batch record
+                items, tail, n = self._take_batch(tail, off, word, self._head, 1)
+                self._messages += 1
+                self._bytes += n
+                if tail != self._tail:
+                    self._publish_tail(tail)
+                return items[0]
         n = word >> 1
         size = 8 + ((n + 7) & -8)
         if size > self._head - tail or off + size > cap:
@@ -1096,9 +1194,9 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
             await self._until_available()
             where = self._locate()
             assert where is not None  # one consumer: what was there still is
-            off, n, tail = where
-            view = self._data[off + 8 : off + 8 + n].toreadonly()
-            self._lease = lease = RingLease(self, view, tail)
+            start, n, tail, cursor = where
+            view = self._data[start : start + n].toreadonly()
+            self._lease = lease = RingLease(self, view, tail, cursor)
             self._messages += 1
             self._bytes += n
             return lease
@@ -1109,7 +1207,10 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         if self._lease is lease:
             self._lease = None
             if not self._closed:
-                self._publish_tail(lease._tail)
+                self._cursor = lease._cursor
+                self._hdr[_W_RX_CURSOR] = lease._cursor
+                if lease._tail != self._tail:
+                    self._publish_tail(lease._tail)
 
     def _close_lease(self) -> None:
         lease = self._lease
@@ -1298,9 +1399,7 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
 
         Raises what :meth:`send` raises (sizes are checked first).
         """
-        datas = [_as_bytes(item) for item in items]
-        for data in datas:
-            self._check_size(len(data))
+        datas = self._checked(items)
         self._check_send()
         return self._write_many(datas, 0)
 
@@ -1321,6 +1420,15 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
         free = cap - (head - self._tail)
         nbytes = 0
         while i < count:
+            if count - i >= _BATCH_MIN:
+                if free < cap >> 1:  # the receiver may have made room since
+                    self._reload_tail()
+                    free = cap - (head - self._tail)
+                done = self._write_batch(datas, i, head, free)
+                if done is not None:
+                    head, free, i, n = done
+                    nbytes += n
+                    continue
             data = datas[i]
             n = len(data)
             off = head & mask
@@ -1355,6 +1463,70 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
             self._publish_head(head)
         return i
 
+    def _write_batch(
+        self, datas: Sequence[_Bytes], i: int, head: int, free: int
+    ) -> tuple[int, int, int, int] | None:
+        """Write as many of datas[i:] as fit, at least two, as one batch
+        record at ``head`` (unpublished): (head, free, i, bytes) after it, or
+        None when fewer than two fit.
+
+        A batch record is the word ``body << 2 | 3``, then the count ``k``,
+        ``k`` 4-byte lengths padded to 8 bytes, then the messages back to
+        back; ``body`` counts the bytes after the word. Like any record it
+        never wraps and is at most half the ring.
+        """
+        window = datas[i : i + _BATCH_MAX]
+        lens = list(map(len, window))
+        cum = list(accumulate(lens))
+        cap = self._cap
+        off = head & (cap - 1)
+        to_end = cap - off
+
+        def fit(budget: int) -> int:
+            # the most messages whose record fits in budget bytes: a record
+            # of k takes 16 + pad8(4k) + pad8(sum) <= 4k + sum + 27 bytes
+            return bisect_right(
+                range(len(cum)), budget - 27, key=lambda j: cum[j] + 4 * j + 4
+            )
+
+        half = cap >> 1
+        k = fit(min(to_end, free, half))
+        wrap = False
+        if k < len(cum) and free > to_end:
+            k_wrapped = fit(min(free - to_end, half))
+            if k_wrapped > k:
+                k, wrap = k_wrapped, True
+        if k < 2:
+            return None
+        dq = self._dq
+        if wrap:
+            dq[off >> 3] = 1  # padding to the end of the area
+            head += to_end
+            free -= to_end
+            off = 0
+        nbytes = cum[k - 1]
+        table = 8 + ((4 * k + 7) & -8)
+        body = table + nbytes
+        base = _HEADER_SIZE + off
+        mm = self._mm
+        dq[off >> 3] = body << 2 | 3
+        dq[(off >> 3) + 1] = k
+        mm[base + 16 : base + 16 + 4 * k] = array("I", lens[:k])
+        start = base + 8 + table
+        mm[start : start + nbytes] = b"".join(window[:k])
+        size = 8 + ((body + 7) & -8)
+        return head + size, free - size, i + k, nbytes
+
+    def _checked(self, items: Iterable[bytes | bytearray | memoryview]) -> list[_Bytes]:
+        """``items`` as a list of byte buffers, each within the size limit."""
+        datas: list[_Bytes] = list(items)
+        if not set(map(type, datas)) <= {bytes}:
+            datas = [_as_bytes(item) for item in datas]
+        if datas and max(map(len, datas)) > (self._cap >> 1) - 8:
+            for data in datas:
+                self._check_size(len(data))
+        return datas
+
     async def send_many(self, items: Iterable[bytes | bytearray | memoryview]) -> None:
         """Send every item, in order, publishing each batch that fits at once.
 
@@ -1365,9 +1537,7 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
         before the wait were sent, whole (``statistics().messages`` counts
         them); no item is ever half-sent.
         """
-        datas = [_as_bytes(item) for item in items]
-        for data in datas:
-            self._check_size(len(data))
+        datas = self._checked(items)
         self._check_send()
         self._busy = True
         try:
