@@ -6,7 +6,10 @@ receives (each receive waits on the loop). Beside aipc it runs the loop's own
 pipe streams (asyncio/uvloop: connect_read_pipe + StreamReader/StreamWriter;
 trio: FdStream), so the two are compared in the same process.
 
-    python benchmarks/inprocess.py asyncio|uvloop|trio [ROUND_TRIPS]
+    python benchmarks/inprocess.py asyncio|uvloop|trio [ROUND_TRIPS] [ring]
+
+With ``ring`` the comparison is aipc's message ring (two rings, the same
+ping-pong) against aipc's pipe instead.
 
 glibc's mmap threshold is raised first (asyncio's pipe transport reads 256 KiB
 at a time, which otherwise costs an mmap/munmap per message), as ``aipc
@@ -31,6 +34,31 @@ del _warm
 async def _aipc(n: int) -> float:
     ar, aw = aipc.create_pipe()
     br, bw = aipc.create_pipe()
+
+    async def echo() -> None:
+        while True:
+            try:
+                data = await ar.receive()
+            except anyio.EndOfStream:
+                break
+            await bw.send(data)
+
+    async with ar, aw, br, bw, anyio.create_task_group() as tg:
+        tg.start_soon(echo)
+        start = time.perf_counter()
+        for _ in range(n):
+            await aw.send(b"12345678")
+            await br.receive()
+        elapsed = time.perf_counter() - start
+        await aw.aclose()
+    return elapsed / n
+
+
+async def _aipc_ring(n: int) -> float:
+    # the same ping-pong over two message rings (spin_us=0: each receive that
+    # finds its ring empty sleeps on its doorbell through the loop)
+    ar, aw = aipc.create_ring()
+    br, bw = aipc.create_ring()
 
     async def echo() -> None:
         while True:
@@ -110,10 +138,13 @@ async def _trio_fdstream(n: int) -> float:
 def main() -> None:
     backend = sys.argv[1] if len(sys.argv) > 1 else "asyncio"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
+    ring = len(sys.argv) > 3 and sys.argv[3] == "ring"
 
     async def run() -> None:
         peer = _trio_fdstream if backend == "trio" else _asyncio_streams
         name = "trio FdStream" if backend == "trio" else f"{backend} pipe streams"
+        if ring:
+            peer, name = _aipc_ring, "aipc ring"
         for label, measure in ((name, peer), ("aipc pipe", _aipc)):
             per_trip = await measure(n) * 1e6
             print(f"{backend:8} {label:22} {per_trip:7.2f} µs per round trip")

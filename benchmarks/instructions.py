@@ -9,7 +9,10 @@ callgrind twice, with N + 1 round trips and with one, and prints the
 difference divided by N: the instructions of one round trip (two sends and two
 receives), beside the loop's own pipe streams measured the same way.
 
-    python benchmarks/instructions.py [asyncio|uvloop|trio|all] [N]
+    python benchmarks/instructions.py [asyncio|uvloop|trio|all] [N] [ring]
+
+With ``ring`` it counts aipc's message ring (the same ping-pong over two
+rings) beside aipc's pipe instead of the loop's own streams.
 
 Needs ``valgrind`` (Debian: ``apt install valgrind``); each count takes 10 to
 40 seconds. To compare two commits, run it from a checkout of each (or with
@@ -37,6 +40,7 @@ measure = {{
     "aipc": inprocess._aipc,
     "streams": inprocess._asyncio_streams,
     "fdstream": inprocess._trio_fdstream,
+    "ring": inprocess._aipc_ring,
 }}[which]
 async def run():
     await measure(n)
@@ -74,6 +78,7 @@ def _instructions(script: str, backend: str, which: str, n: int) -> int:
 def main() -> None:
     backend = sys.argv[1] if len(sys.argv) > 1 else "all"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
+    ring = len(sys.argv) > 3 and sys.argv[3] == "ring"
     if shutil.which("valgrind") is None:
         sys.exit("instructions.py needs valgrind (apt install valgrind)")
     backends = ("asyncio", "uvloop", "trio") if backend == "all" else (backend,)
@@ -85,6 +90,8 @@ def main() -> None:
         for name in backends:
             peer = "fdstream" if name == "trio" else "streams"
             label = "trio FdStream" if name == "trio" else f"{name} pipe streams"
+            if ring:
+                peer, label = "ring", "aipc ring"
             for which, title in ((peer, label), ("aipc", "aipc pipe")):
                 # one round trip in the baseline: the measuring code divides
                 # by the count, and set-up and warm-up cancel out
