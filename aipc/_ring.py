@@ -278,7 +278,6 @@ class _RingEnd:
     _mode = _MESSAGES
     # header words this end writes and reads (set by the role classes)
     _W_MY_SEQ = 0
-    _W_PEER_SEQ = 0
     _W_MY_CLOSED = 0
     _W_PEER_CLOSED = 0
 
@@ -425,12 +424,11 @@ class _RingEnd:
 
     # -- the doorbells
 
-    def _ring_peer(self) -> None:
-        """After publishing: wake the peer if it sleeps (see the protocol)."""
-        _acquire()
-        _release()
-        seq = self._hdr[self._W_PEER_SEQ]
-        if seq & 1 and seq != self._signalled:
+    def _wake_peer(self, seq: int) -> None:
+        """After publishing, the peer was seen asleep in generation ``seq``
+        (see the protocol, and ``_publish_head`` / ``_publish_tail``): ring
+        its doorbell, once per generation."""
+        if seq != self._signalled:
             self._signalled = seq
             fd = self._peer_doorbell.fd
             if fd < 0:
@@ -622,7 +620,6 @@ class _Receiving(_RingEnd):
 
     _role = "receiver"
     _W_MY_SEQ = _W_RX_SEQ
-    _W_PEER_SEQ = _W_TX_SEQ
     _W_MY_CLOSED = _W_RX_CLOSED
     _W_PEER_CLOSED = _W_TX_CLOSED
 
@@ -729,9 +726,17 @@ class _Receiving(_RingEnd):
             await checkpoint()
 
     def _publish_tail(self, tail: int) -> None:
+        """Give the room up to ``tail`` back, then wake the sender if it
+        sleeps waiting for room: the store, a full fence, the load of its
+        generation (the wake-up protocol). Every receive's path."""
         self._tail = tail
-        self._hdr[_W_TAIL] = tail
-        self._ring_peer()
+        hdr = self._hdr
+        hdr[_W_TAIL] = tail
+        _acquire()
+        _release()
+        seq = hdr[_W_TX_SEQ]
+        if seq & 1:
+            self._wake_peer(seq)
 
     def _check_receive(self) -> None:
         if self._busy:
@@ -743,7 +748,6 @@ class _Sending(_RingEnd):
 
     _role = "sender"
     _W_MY_SEQ = _W_TX_SEQ
-    _W_PEER_SEQ = _W_RX_SEQ
     _W_MY_CLOSED = _W_TX_CLOSED
     _W_PEER_CLOSED = _W_RX_CLOSED
 
@@ -791,9 +795,16 @@ class _Sending(_RingEnd):
         await self._sleep()
 
     def _publish_head(self, head: int) -> None:
+        """Publish what was written up to ``head``, then wake the receiver if
+        it sleeps: the mirror image of ``_publish_tail``. Every send's path."""
         self._head = head
-        self._hdr[_W_HEAD] = head
-        self._ring_peer()
+        hdr = self._hdr
+        hdr[_W_HEAD] = head
+        _acquire()
+        _release()
+        seq = hdr[_W_RX_SEQ]
+        if seq & 1:
+            self._wake_peer(seq)
 
     def _check_send(self) -> None:
         if self._busy:
@@ -1149,7 +1160,8 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         **Cancellation:** nothing is taken; the message stays for the next
         receive.
         """
-        self._check_receive()
+        if self._busy or self._lease is not None:
+            self._check_receive()  # raises
         self._busy = True
         try:
             await self._until_available()
@@ -1188,7 +1200,8 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         raise ``BusyResourceError``. Raises what :meth:`receive` raises.
         **Cancellation:** nothing is taken or lent.
         """
-        self._check_receive()
+        if self._busy or self._lease is not None:
+            self._check_receive()  # raises
         self._busy = True
         try:
             await self._until_available()
@@ -1207,8 +1220,9 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         if self._lease is lease:
             self._lease = None
             if not self._closed:
-                self._cursor = lease._cursor
-                self._hdr[_W_RX_CURSOR] = lease._cursor
+                if lease._cursor != self._cursor:
+                    self._cursor = lease._cursor
+                    self._hdr[_W_RX_CURSOR] = lease._cursor
                 if lease._tail != self._tail:
                     self._publish_tail(lease._tail)
 
@@ -1288,11 +1302,13 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
         ``LimitExceededError`` for a size above :attr:`max_message_size` and
         what :meth:`send` raises. **Cancellation:** nothing is lent or sent.
         """
-        n = check_int("size", size)
+        n = size if type(size) is int else check_int("size", size)
         if n < 0:
             raise ValueError(f"size must be >= 0, got {n}")
-        self._check_size(n)
-        self._check_send()
+        if n > (self._cap >> 1) - 8:
+            self._check_size(n)
+        if self._busy:
+            self._check_send()  # raises
         self._busy = True
         try:
             await checkpoint()
