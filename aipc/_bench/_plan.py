@@ -123,8 +123,9 @@ class Mechanism:
     much: for rows that are slow by design, or that would stretch the default
     run. ``msgs_scale`` multiplies the messages of its msgs/s phase (after
     ``divisor``): for rows so fast that a repetition of the default count
-    would time mostly its wake-up and acknowledgement. ``handoff`` marks the rows whose rtt samples are one hand-off
-    (half a round trip) rather than a round trip.
+    would time mostly its wake-up and acknowledgement. ``handoff`` marks the
+    rows whose rtt samples are one hand-off (half a round trip) rather than a
+    round trip.
     """
 
     key: str
