@@ -22,6 +22,7 @@ import asyncio
 import os
 import sys
 import time
+from typing import Any
 
 import anyio
 
@@ -31,9 +32,11 @@ _warm = bytearray(1 << 20)
 del _warm
 
 
-async def _aipc(n: int) -> float:
-    ar, aw = aipc.create_pipe()
-    br, bw = aipc.create_pipe()
+async def _ping_pong(make_pair: Any, n: int) -> float:
+    # two (receiver, sender) pairs from make_pair, an echo task on the first,
+    # n 8-byte round trips from this one; seconds per round trip
+    ar, aw = make_pair()
+    br, bw = make_pair()
 
     async def echo() -> None:
         while True:
@@ -52,31 +55,16 @@ async def _aipc(n: int) -> float:
         elapsed = time.perf_counter() - start
         await aw.aclose()
     return elapsed / n
+
+
+async def _aipc(n: int) -> float:
+    return await _ping_pong(aipc.create_pipe, n)
 
 
 async def _aipc_ring(n: int) -> float:
-    # the same ping-pong over two message rings (spin_us=0: each receive that
-    # finds its ring empty sleeps on its doorbell through the loop)
-    ar, aw = aipc.create_ring()
-    br, bw = aipc.create_ring()
-
-    async def echo() -> None:
-        while True:
-            try:
-                data = await ar.receive()
-            except anyio.EndOfStream:
-                break
-            await bw.send(data)
-
-    async with ar, aw, br, bw, anyio.create_task_group() as tg:
-        tg.start_soon(echo)
-        start = time.perf_counter()
-        for _ in range(n):
-            await aw.send(b"12345678")
-            await br.receive()
-        elapsed = time.perf_counter() - start
-        await aw.aclose()
-    return elapsed / n
+    # spin_us=0: each receive that finds its ring empty sleeps on its
+    # doorbell through the loop
+    return await _ping_pong(aipc.create_ring, n)
 
 
 async def _asyncio_streams(n: int) -> float:

@@ -336,20 +336,17 @@ async def checkpoint_large() -> None:
     it buys back: there this is :func:`checkpoint`.
     """
     global _skipped
-    if _GENERIC_WAIT:
-        await _anyio_checkpoint()
+    lib = current_library()
+    if _GENERIC_WAIT or (
+        lib == "asyncio" and type(_get_running_loop()) not in _HIDDEN_READY_QUEUE
+    ):
+        await checkpoint()
         return
-    lib = _sniffio_thread.name
-    if lib is None:
-        lib = _sniffio_cvar.get() or "asyncio"
-    if lib == "asyncio":
-        if type(_get_running_loop()) not in _HIDDEN_READY_QUEUE and _nothing_to_run():
-            return
-        _skipped = 0
-        await _yield()
-    elif lib == "trio":
-        _skipped = 0
+    _skipped = 0
+    if lib == "trio":
         await _trio().lowlevel.checkpoint()
+    elif lib == "asyncio":  # uvloop
+        await _yield()
     else:  # pragma: no cover - another anyio backend
         await _anyio_checkpoint()
 
