@@ -98,6 +98,7 @@ import os
 import platform
 import socket
 import stat
+import struct
 import sys
 import threading
 from array import array
@@ -602,6 +603,19 @@ def _validate_segment(memfd: int, mode: int) -> None:
         or st.st_size < _HEADER_SIZE + cap
     ):
         raise ValueError(f"fd {memfd} is a ring with a corrupt header")
+    cursor = struct.unpack("Q", os.pread(memfd, 8, _W_RX_CURSOR * 8))[0]
+    if mode == _MESSAGES and cursor:
+        # a receiver handed off inside a batch: the record at tail must be
+        # that batch, with more messages than the cursor (the take paths
+        # trust a non-zero cursor only there; _batch_at checks the rest)
+        tail = struct.unpack("Q", os.pread(memfd, 8, _W_TAIL * 8))[0]
+        at = _HEADER_SIZE + (tail & (cap - 1))
+        word, count = struct.unpack("QQ", os.pread(memfd, 16, at))
+        if word & 3 != 3 or count <= cursor:
+            raise ValueError(
+                f"fd {memfd} is a ring with a corrupt header (a receiver cursor "
+                f"of {cursor} outside a batch)"
+            )
 
 
 def _corrupt(what: str) -> anyio.BrokenResourceError:

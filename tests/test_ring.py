@@ -379,6 +379,29 @@ async def test_handed_off_receiver_resumes_inside_a_batch() -> None:
             assert await copy.receive_many() == [b"6", b"7", b"8", b"9"]
 
 
+async def test_handoff_with_a_corrupt_cursor_is_refused() -> None:
+    # a receiver rebuilt with a cursor that points past its batch, or with no
+    # batch at tail, refuses to start instead of skipping messages
+    for cursor, batched in ((9, True), (1, False)):
+        rx, tx = aipc.create_ring(SMALL)
+        async with rx, tx:
+            if batched:
+                tx.send_many_nowait([b"abc"] * 4)
+            else:
+                tx.send_nowait(b"plain")
+            fds = rx._aipc_handoff_()[1]
+            rx._hdr[_ring._W_RX_CURSOR] = cursor  # a peer writing nonsense
+            copies = tuple(os.dup(fd) for fd in fds)
+            try:
+                with pytest.raises(ValueError, match=r"cursor of \d+ outside a batch"):
+                    aipc.RingReceiver._from_handoff(copies, {})
+            finally:
+                for fd in copies:
+                    os.close(fd)  # still ours: the failed rebuild gave them back
+            rx._hdr[_ring._W_RX_CURSOR] = 0
+            rx._handed_off = False
+
+
 async def test_corrupt_batch_is_detected() -> None:
     for word, value in ((1, 10**6), (2, 1 << 32)):  # a count, a length
         rx, tx = aipc.create_ring(SMALL)
