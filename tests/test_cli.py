@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -338,13 +339,14 @@ def test_bench_ring_rows_beside_iceoryx2_leave_nothing_behind(
     assert _iceoryx2_files() == before
 
 
-@pytest.mark.skipif(not _HAS_ICEORYX2, reason="iceoryx2 is not installed")
-def test_bench_interrupted_removes_what_iceoryx2_left() -> None:
-    # Ctrl-C while the iceoryx2 rows run: their children are killed and leave
-    # dead nodes behind, which the bench removes
-    before = _iceoryx2_files()
+def _interrupt_bench(
+    mechanisms: str, while_measuring: Callable[[], None] = lambda: None
+) -> tuple[int, int, str]:
+    """Run ``aipc bench`` on ``mechanisms`` (same-core), call
+    ``while_measuring`` once every group is up, then Ctrl-C it: (pid, exit
+    status, stdout)."""
     cmd = [sys.executable, "-W", "error", "-m", "aipc", "bench"]
-    cmd += ["--mechanism", _ICEORYX2_KEYS, "--placement", "same-core"]
+    cmd += ["--mechanism", mechanisms, "--placement", "same-core"]
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
     ) as proc:
@@ -352,28 +354,31 @@ def test_bench_interrupted_removes_what_iceoryx2_left() -> None:
         for line in proc.stderr:  # measuring: every group is up
             if line.startswith("[2/"):
                 break
-        assert _iceoryx2_files() != before  # the services exist
+        while_measuring()
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 130, out
+    return proc.pid, proc.returncode, out
+
+
+@pytest.mark.skipif(not _HAS_ICEORYX2, reason="iceoryx2 is not installed")
+def test_bench_interrupted_removes_what_iceoryx2_left() -> None:
+    # Ctrl-C while the iceoryx2 rows run: their children are killed and leave
+    # dead nodes behind, which the bench removes
+    before = _iceoryx2_files()
+
+    def services_exist() -> None:
+        assert _iceoryx2_files() != before
+
+    _, status, out = _interrupt_bench(_ICEORYX2_KEYS, services_exist)
+    assert status == 130, out
     assert _iceoryx2_files() == before
 
 
 def test_bench_interrupted_removes_its_queues_and_semaphores() -> None:
     # Ctrl-C in the middle of the run: the rows fail, their named objects go
-    cmd = [sys.executable, "-W", "error", "-m", "aipc", "bench"]
-    cmd += ["--mechanism", "mqueue,semaphore", "--placement", "same-core"]
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
-    ) as proc:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # measuring: both groups are up
-            if line.startswith("[2/"):
-                break
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 130, out
-    assert _bench_leftovers(proc.pid) == []
+    pid, status, out = _interrupt_bench("mqueue,semaphore")
+    assert status == 130, out
+    assert _bench_leftovers(pid) == []
     listing = _aipc("objects")
     assert "aipc-bench" not in listing.stdout
 

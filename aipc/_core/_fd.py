@@ -183,7 +183,7 @@ def _nothing_to_run_uvloop(loop: Any) -> bool:
         for timer in timers:
             if timer.when() <= now:
                 return False
-    task = _current_tasks.get(loop) if _current_tasks is not None else None
+    task = _current_tasks.get(loop)  # type: ignore[union-attr]  # see caller
     if task is None or task._must_cancel:
         return False
     _skipped += 1

@@ -306,18 +306,19 @@ class FdSendStream(_FdEnd, ByteSendStream):
             else:
                 await checkpoint()
             handle = self._handle
-            if handle._fd < 0:
-                raise anyio.ClosedResourceError
-            if self._broken:
-                raise anyio.BrokenResourceError(
-                    f"the other end of the {handle.what} is gone"
-                )
             data = _byte_view(item)
             remaining = len(data)
             if not remaining:
+                # nothing to write: still the errors a write would raise
+                if handle._fd < 0:
+                    raise anyio.ClosedResourceError
+                if self._broken:
+                    raise anyio.BrokenResourceError(
+                        f"the other end of the {handle.what} is gone"
+                    )
                 return
             while True:
-                n = self._write_once(data)
+                n = self._write_once(data)  # checks closed and broken itself
                 if not n:  # the buffer is full
                     self._waits += 1
                     await handle.wait_writable()
