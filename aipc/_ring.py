@@ -1218,7 +1218,13 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
             self._check_receive()  # raises
         self._busy = True
         try:
-            await self._until_available()
+            tail = self._tail
+            if not self._closed and (self._head != tail or self._hdr[_W_HEAD] != tail):
+                # something is there: only the checkpoint, without
+                # _until_available's coroutine (_locate checks what is there)
+                await checkpoint()
+            else:
+                await self._until_available()
             where = self._locate()
             assert where is not None  # one consumer: what was there still is
             start, n, tail, cursor = where
