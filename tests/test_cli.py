@@ -247,7 +247,7 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
 _HAS_ICEORYX2 = importlib.util.find_spec("iceoryx2") is not None
 
 #: The keys of the shared-memory ring rows and of their iceoryx2 peers.
-_RING_KEYS = "ring,ring-spin,ring-batched,ring-zero-copy"
+_RING_KEYS = "ring,ring-spin,ring-batched,ring-zero-copy,ring-zero-copy-spin"
 _ICEORYX2_KEYS = "iceoryx2,iceoryx2-blocking,iceoryx2-zero-copy"
 
 
@@ -270,6 +270,7 @@ def _check_ring_rows(
         "ring-spin": ("rtt", [], False, "iceoryx2 (busy poll)"),
         "ring-batched": (None, [], True, "iceoryx2 (busy poll)"),
         "ring-zero-copy": (None, ["1MiB"], False, "iceoryx2 (in place)"),
+        "ring-zero-copy-spin": (None, ["1MiB"], False, "iceoryx2 (in place)"),
     }
     for key, (rtt, chunks, msgs, peer) in columns.items():
         ring_rows = [r for r in rows if r["mechanism"] == key]

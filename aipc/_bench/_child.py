@@ -50,7 +50,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import _share
-from ._plan import MSG_SIZE, OBJECT, RING_BATCH, RING_SPIN_US
+from ._plan import MSG_SIZE, OBJECT, RING_BATCH, RING_FAMILIES, RING_SPIN_US
 
 if TYPE_CHECKING:
     from anyio.abc import UNIXSocketStream
@@ -1267,12 +1267,12 @@ async def _aipc_ring_main(ctx: _Ctx) -> None:
         await rx.aclose()
         raise
     async with rx, tx:
-        if family == "ring-spin":
+        if family in ("ring-spin", "ring-zero-copy-spin"):
             rx.spin_us = tx.spin_us = RING_SPIN_US
         t: _AsyncTransport
         if family == "ring-batched":
             t = _RingBatches(tx, rx)
-        elif family == "ring-zero-copy":
+        elif family in ("ring-zero-copy", "ring-zero-copy-spin"):
             t = _RingLoans(tx, rx)
         else:
             t = _AsyncMessages(tx.send, rx.receive)
@@ -1545,7 +1545,7 @@ def _run(ctx: _Ctx) -> None:
         _anyio_run(_aipc_lock_main, ctx, loop)
     elif family == "semaphore":
         _anyio_run(_aipc_semaphore_main, ctx, loop)
-    elif family in ("ring", "ring-spin", "ring-batched", "ring-zero-copy"):
+    elif family in RING_FAMILIES:
         _anyio_run(_aipc_ring_main, ctx, loop)
     elif family in ("iceoryx2", "iceoryx2-blocking", "iceoryx2-zero-copy"):
         ctx.hello("blocking")

@@ -42,6 +42,7 @@ __all__ = [
     "OBJECT",
     "RAISED_CAPACITY",
     "RING_BATCH",
+    "RING_FAMILIES",
     "RING_SPIN_US",
     "Config",
     "Mechanism",
@@ -81,6 +82,15 @@ DISTRIBUTIONS = {"zmq": "pyzmq", "faster_fifo": "faster-fifo"}
 
 #: The spin budget of both ends of the "aipc ring (spin)" row, in µs.
 RING_SPIN_US = 200
+#: The families of the shared-memory ring rows (the orchestrator makes their
+#: rings: _runner._make_rings).
+RING_FAMILIES = (
+    "ring",
+    "ring-spin",
+    "ring-batched",
+    "ring-zero-copy",
+    "ring-zero-copy-spin",
+)
 
 #: How many messages the "aipc ring (batched)" row sends per send_many.
 RING_BATCH = 256
@@ -395,6 +405,24 @@ MECHANISMS: tuple[Mechanism, ...] = (
         "header in place and commits) and await receive_lease() (the receiver "
         "reads those 8 bytes in place and releases): no copy of the payload; "
         "ratio: ÷ iceoryx2 (in place)",
+    ),
+    Mechanism(
+        "ring-zero-copy-spin",
+        "aipc ring (zero-copy, spin)",
+        "ring-zero-copy-spin",
+        aipc=True,
+        loop=None,
+        throughput=True,
+        msgs=False,
+        capacity=False,
+        rtt=False,
+        reference="iceoryx2-zero-copy",
+        chunks=(MIB,),
+        round_every=2,
+        note=f"the zero-copy row with spin_us={RING_SPIN_US} on both ends, as "
+        "iceoryx2's in-place row polls: a receiver that catches up with the "
+        "sender, and the sender waiting for the acknowledgement, busy-wait "
+        "instead of sleeping; ratio: ÷ iceoryx2 (in place)",
     ),
     Mechanism(
         "raw",

@@ -50,6 +50,7 @@ from ._plan import (
     MIB,
     MSG_SIZE,
     REFERENCE_PEER,
+    RING_FAMILIES,
     Config,
     Mechanism,
     PhaseInfo,
@@ -61,8 +62,6 @@ __all__ = ["run"]
 
 _CHILD = "aipc._bench._child"
 
-#: The families of the shared-memory ring rows (see _make_rings).
-_RING_FAMILIES = ("ring", "ring-spin", "ring-batched", "ring-zero-copy")
 
 #: The families of the iceoryx2 rows, and where iceoryx2 keeps its state files.
 _ICEORYX2_FAMILIES = ("iceoryx2", "iceoryx2-blocking", "iceoryx2-zero-copy")
@@ -373,7 +372,7 @@ def _make_resources(group: Group, tmp: str, index: int) -> _Resources:
             res.driver.update(tx=address, rx=address)
             res.peer.update(tx=address, rx=address)
             return res
-        if family in _RING_FAMILIES:
+        if family in RING_FAMILIES:
             _make_rings(res, family)
             return res
         if family in _ICEORYX2_FAMILIES:
@@ -444,7 +443,7 @@ def _make_rings(res: _Resources, family: str) -> None:
 
     # driver→peer carries the 1 MiB messages: room for 15 of them at once
     # (iceoryx2's rows give their subscriber 64)
-    big = family in ("ring", "ring-zero-copy")
+    big = family in ("ring", "ring-zero-copy", "ring-zero-copy-spin")
     capacities = {"ab": (16 * MIB) if big else (1 * MIB), "ba": 64 * KIB}
     ends: dict[str, tuple[aipc.RingReceiver, aipc.RingSender]] = {}
     for way, capacity in capacities.items():
