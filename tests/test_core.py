@@ -357,29 +357,42 @@ async def test_checkpoint_skips_passes_with_nothing_else_to_run(
 
 
 async def test_large_sends_yield_on_trio_and_uvloop(anyio_backend_name: str) -> None:
-    # a send of more than LARGE_OPERATION bytes passes through the loop on
-    # trio and uvloop even with nothing else to run (checkpoint_large); small
-    # ones skip the pass
+    # a send of more than LARGE_OPERATION bytes that fills over a quarter of
+    # the pipe passes through the loop on trio and uvloop even with nothing
+    # else to run (checkpoint_large); small ones, and large ones into a pipe
+    # over four times their size, skip the pass
     import asyncio
 
     from aipc import create_pipe
     from aipc._core import _fd
 
+    pure_asyncio = anyio_backend_name == "asyncio" and type(
+        asyncio.get_running_loop()
+    ).__module__.startswith("asyncio")
     rx, tx = create_pipe(capacity=1 << 20)
     async with rx, tx:
+        capacity = tx.capacity
         # the first checkpoints on a new uvloop loop find its queues (the
         # probe's cancelled handle makes the next pass run): then they skip
         for _ in range(6):
             await tx.send(b"x")
         assert _fd._skipped >= 3
-        await tx.send(bytes(_fd.LARGE_OPERATION + 1))
-        pure_asyncio = anyio_backend_name == "asyncio" and type(
-            asyncio.get_running_loop()
-        ).__module__.startswith("asyncio")
+        await tx.send(bytes(capacity // 4))  # a quarter: skipped
+        assert _fd._skipped >= 4
+        await rx.receive(capacity)
+        await tx.send(bytes(capacity // 4 + 1))  # over a quarter
         if pure_asyncio:
-            assert _fd._skipped >= 4  # asyncio's own loop: skipped as well
+            assert _fd._skipped >= 5  # asyncio's own loop: skipped as well
         else:
             assert _fd._skipped == 0
+        await rx.receive(capacity)
+        # in the default 64 KiB pipe every send over LARGE_OPERATION yields
+        # (the sending end's own set_capacity updates the size it keeps)
+        assert tx.set_capacity(65536) == 65536
+        await tx.send(b"x")
+        assert _fd._skipped >= 1
+        await tx.send(bytes(_fd.LARGE_OPERATION + 1))
+        assert _fd._skipped >= 2 if pure_asyncio else _fd._skipped == 0
 
 
 async def _cancel_scope(scope: anyio.CancelScope) -> None:

@@ -325,7 +325,8 @@ async def checkpoint() -> None:
 
 async def checkpoint_large() -> None:
     """The checkpoint of an operation that moves more than LARGE_OPERATION
-    bytes: on trio and uvloop a pass of the loop, never skipped.
+    bytes and over a quarter of its kernel buffer (``FdSendStream.send``):
+    on trio and uvloop a pass of the loop, never skipped.
 
     There the pass costs little beside the copy, and it keeps a producer and
     a consumer that each move a whole kernel buffer at a time out of

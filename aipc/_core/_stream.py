@@ -301,7 +301,7 @@ class FdSendStream(_FdEnd, ByteSendStream):
             return
         self._sending = True
         try:
-            if len(item) > LARGE_OPERATION:
+            if len(item) > LARGE_OPERATION and 4 * len(item) > self._kernel_buffer():
                 await checkpoint_large()
             else:
                 await checkpoint()
@@ -366,6 +366,12 @@ class FdSendStream(_FdEnd, ByteSendStream):
             self._sending = False
             if self._waits == waits:  # also before an error: still a checkpoint
                 await lowlevel.cancel_shielded_checkpoint()
+
+    def _kernel_buffer(self) -> int:
+        """The size of the kernel buffer the sends fill (see send's use of
+        checkpoint_large); subclasses that can ask the kernel do. Here: the
+        default pipe capacity, so every send over LARGE_OPERATION yields."""
+        return 4 * LARGE_OPERATION
 
     def _try_send(self, data: bytes | bytearray | memoryview) -> int:
         """One non-blocking write of a prefix of ``data``: its length, or 0 when
