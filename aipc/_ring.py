@@ -971,15 +971,13 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         """The largest message the ring carries: ``capacity // 2 - 8`` bytes."""
         return self._cap // 2 - 8
 
-    def _locate(self) -> tuple[int, int, int, int] | None:
+    def _locate(
+        self, tail: int, off: int, word: int, avail: int
+    ) -> tuple[int, int, int, int]:
         """(offset in the data area, length, tail after, cursor after) of the
-        next message, or None if empty."""
-        avail = self._available()
-        if not avail:
-            return None
-        tail = self._tail
-        off = tail & self._mask
-        word = self._dq[off >> 3]
+        message whose record word ``word`` is at ``tail`` (data offset
+        ``off``) when it is padding or a batch record (``word & 1``); a plain
+        record is receive_lease's own fast path."""
         if word == 1:  # padding: the message starts at offset 0
             skip = self._cap - off
             if skip >= avail:
@@ -1225,9 +1223,19 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
                 await checkpoint()
             else:
                 await self._until_available()
-            where = self._locate()
-            assert where is not None  # one consumer: what was there still is
-            start, n, tail, cursor = where
+            # one consumer: what was there still is (avail > 0)
+            avail = self._available()
+            tail = self._tail
+            off = tail & self._mask
+            word = self._dq[off >> 3]
+            if word & 1:
+                start, n, tail, cursor = self._locate(tail, off, word, avail)
+            else:
+                n = word >> 1
+                size = 8 + ((n + 7) & -8)
+                if size > avail or off + size > self._cap:
+                    raise _corrupt(f"a record of {n} bytes at offset {off}")
+                start, tail, cursor = off + 8, tail + size, 0
             view = self._data[start : start + n].toreadonly()
             self._lease = lease = RingLease(self, view, tail, cursor)
             self._messages += 1
