@@ -299,6 +299,8 @@ class _RingEnd:
         self._mask = cap - 1
         self._data = buffer[_HEADER_SIZE : _HEADER_SIZE + cap]
         self._dq = self._data.cast("Q")
+        # leases slice this: one view each, not a slice and its toreadonly()
+        self._rdata = self._data.toreadonly()
         # slicing the mmap itself copies in one step: bytes(view[a:b]) costs
         # several times more (a temporary view, then the generic buffer path)
         self._mm = segment._map
@@ -532,6 +534,7 @@ class _RingEnd:
         self._doorbell.close()
         self._peer_doorbell.close()
         self._dq.release()
+        self._rdata.release()
         self._data.release()
         self._hdr.release()
         self._segment.close()
@@ -551,6 +554,7 @@ class _RingEnd:
         self._doorbell.detach()
         self._peer_doorbell.detach()
         self._dq.release()
+        self._rdata.release()
         self._data.release()
         self._hdr.release()
         self._segment._handle.detach()
@@ -916,11 +920,15 @@ class RingLoan:
         owner = self._owner
         if owner is None:
             raise RuntimeError("this loan was committed or aborted already")
-        n = len(self.data) if size is None else check_int("size", size)
-        if not 0 <= n <= len(self.data):
-            raise ValueError(f"size must be between 0 and {len(self.data)}, got {n}")
+        data = self.data
+        if size is None:
+            n = len(data)
+        else:
+            n = check_int("size", size)
+            if not 0 <= n <= len(data):
+                raise ValueError(f"size must be between 0 and {len(data)}, got {n}")
         self._owner = None
-        self.data.release()
+        data.release()
         owner._end_loan(self, n)
 
     def abort(self) -> None:
@@ -1236,7 +1244,7 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
                 if size > avail or off + size > self._cap:
                     raise _corrupt(f"a record of {n} bytes at offset {off}")
                 start, tail, cursor = off + 8, tail + size, 0
-            view = self._data[start : start + n].toreadonly()
+            view = self._rdata[start : start + n]
             self._lease = lease = RingLease(self, view, tail, cursor)
             self._messages += 1
             self._bytes += n
@@ -1381,7 +1389,7 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
             raise self._broken()
         dq = self._dq
         start, head = loan._start, loan._head
-        mask = self._cap - 1
+        mask = self._mask
         if head != start:
             dq[(start & mask) >> 3] = 1  # padding to the end of the area
         dq[(head & mask) >> 3] = n << 1
