@@ -504,6 +504,32 @@ async def test_corrupt_ring_is_detected() -> None:
             await rx.receive()
 
 
+async def test_lease_checks_what_it_lends() -> None:
+    """receive_lease takes a plain record without _locate: the same checks."""
+    rx, tx = aipc.create_ring(SMALL)
+    async with rx, tx:
+        tx._hdr[_ring._W_HEAD] = 10 * SMALL  # a head beyond the capacity
+        with pytest.raises(anyio.BrokenResourceError, match="corrupt"):
+            await rx.receive_lease()
+    rx, tx = aipc.create_ring(SMALL)
+    async with rx, tx:
+        await tx.send(b"12345678")
+        tx._dq[0] = 64 << 1  # a record longer than what was published
+        with pytest.raises(anyio.BrokenResourceError, match="a record of 64"):
+            await rx.receive_lease()
+    rx, tx = aipc.create_ring(SMALL)
+    async with rx, tx:
+        await tx.send(b"last")
+        await tx.aclose()  # what was sent is still lent, then the end
+        with await rx.receive_lease() as data:
+            assert bytes(data) == b"last"
+        with pytest.raises(anyio.EndOfStream):
+            await rx.receive_lease()
+        await rx.aclose()
+        with pytest.raises(anyio.ClosedResourceError):
+            await rx.receive_lease()
+
+
 async def test_channel_over_rings() -> None:
     """Object channels work over a message ring and a ring stream."""
     create_channel = getattr(aipc, "create_channel", None)
