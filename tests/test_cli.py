@@ -341,11 +341,13 @@ def test_bench_ring_rows_beside_iceoryx2_leave_nothing_behind(
 
 
 def _interrupt_bench(
-    mechanisms: str, while_measuring: Callable[[], None] = lambda: None
+    mechanisms: str,
+    while_measuring: Callable[[], None] = lambda: None,
+    sig: int = signal.SIGINT,
 ) -> tuple[int, int, str]:
     """Run ``aipc bench`` on ``mechanisms`` (same-core), call
-    ``while_measuring`` once every group is up, then Ctrl-C it: (pid, exit
-    status, stdout)."""
+    ``while_measuring`` once every group is up, then send it ``sig``
+    (Ctrl-C's by default): (pid, exit status, stdout)."""
     cmd = [sys.executable, "-W", "error", "-m", "aipc", "bench"]
     cmd += ["--mechanism", mechanisms, "--placement", "same-core"]
     with subprocess.Popen(
@@ -356,7 +358,7 @@ def _interrupt_bench(
             if line.startswith("[2/"):
                 break
         while_measuring()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
     return proc.pid, proc.returncode, out
 
@@ -375,10 +377,16 @@ def test_bench_interrupted_removes_what_iceoryx2_left() -> None:
     assert _iceoryx2_files() == before
 
 
-def test_bench_interrupted_removes_its_queues_and_semaphores() -> None:
-    # Ctrl-C in the middle of the run: the rows fail, their named objects go
-    pid, status, out = _interrupt_bench("mqueue,semaphore")
-    assert status == 130, out
+@pytest.mark.parametrize(
+    ("sig", "expected"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+)
+def test_bench_interrupted_removes_its_queues_and_semaphores(
+    sig: int, expected: int
+) -> None:
+    # Ctrl-C or SIGTERM in the middle of the run: the rows fail, their named
+    # objects go (a SIGTERM used to end the process before its clean-up)
+    pid, status, out = _interrupt_bench("mqueue,semaphore,fifo", sig=sig)
+    assert status == expected, out
     assert _bench_leftovers(pid) == []
     listing = _aipc("objects")
     assert "aipc-bench" not in listing.stdout

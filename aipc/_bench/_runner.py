@@ -32,9 +32,11 @@ import multiprocessing
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -802,8 +804,37 @@ def _measure(
 # --------------------------------------------------------------------------
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: the bench stops as after Ctrl-C (a BaseException, so
+    that no ``except Exception`` of a row takes it for the row's failure)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # once: a second SIGTERM must not cut the clean-up short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Terminated
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``aipc bench`` with parsed ``args``; return the exit status."""
+    """Run ``aipc bench`` with parsed ``args``; return the exit status.
+
+    Ctrl-C (SIGINT) and SIGTERM both stop the run: the children are killed,
+    the named objects and temporary files removed, the rows finished so far
+    printed; the status is 130 or 143. SIGTERM's handler is installed only
+    when this runs in the main thread, and the previous one is restored."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    except _Terminated:  # before or after the measuring: nothing to remove
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = Config.quick() if args.quick else Config.default()
     notes: list[str] = []
@@ -824,7 +855,7 @@ def run(args: argparse.Namespace) -> int:
         f"({len(groups)} mechanism/loop pairs)"
     )
     lives: list[_Live] = []
-    interrupted = False
+    interrupted = 0  # the exit status of a run stopped by a signal
     tmp = tempfile.mkdtemp(prefix="aipc-bench-")
     iceoryx2_files = None
     if any(g.mechanism.family in _ICEORYX2_FAMILIES for g in groups):
@@ -836,8 +867,8 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 for live in lives:
                     live.stop()
-    except KeyboardInterrupt:
-        interrupted = True
+    except (KeyboardInterrupt, _Terminated) as exc:
+        interrupted = 143 if isinstance(exc, _Terminated) else 130
         progress.say("interrupted: children killed, temporary files removed")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -854,5 +885,5 @@ def run(args: argparse.Namespace) -> int:
             args.json, rows, outcomes, machine, notes, seconds, args, config
         )
     if interrupted:
-        return 130
+        return interrupted
     return 1 if any(o.error for o in outcomes) else 0
