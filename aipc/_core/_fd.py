@@ -37,6 +37,7 @@ import sys
 import threading
 import types
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeGuard, TypeVar
 
@@ -135,24 +136,36 @@ def _nothing_to_run() -> bool:
     yields).
     """
     global _skipped
-    if _skipped >= SKIP_BUDGET or _current_tasks is None:
+    if _skipped >= SKIP_BUDGET:
         return False
     loop: Any = _get_running_loop()
-    if type(loop) in _HIDDEN_READY_QUEUE:
-        return _nothing_to_run_uvloop(loop)
-    ready = getattr(loop, "_ready", None)
-    if ready is None:
-        # uvloop: remembered by type, since a failed getattr costs more than
-        # the rest of this function
-        _HIDDEN_READY_QUEUE.add(type(loop))
-        return False
+    last = _last_loop
+    if last[0]() is not loop:
+        last = _learn_loop(loop)
+    kind = last[1]
     try:
-        if ready and not _only_stale_fires(ready):
+        if kind is _ASYNCIO:
+            ready = loop._ready
+            if ready and not _only_stale_fires(ready):
+                return False
+            scheduled = loop._scheduled
+            if scheduled and scheduled[0]._when < loop.time() + loop._clock_resolution:
+                return False
+        elif kind is _UVLOOP:
+            # a uvloop handle hides whether it is cancelled: any entry counts
+            if last[2]:
+                return False
+            timers = last[3]
+            if timers:
+                if len(timers) > _UV_MAX_TIMERS:
+                    return False
+                now = loop.time()
+                for timer in timers:
+                    if timer.when() <= now:
+                        return False
+        else:
             return False
-        scheduled = loop._scheduled
-        if scheduled and scheduled[0]._when < loop.time() + loop._clock_resolution:
-            return False
-        task = _current_tasks.get(loop)
+        task = _current_tasks.get(loop)  # type: ignore[union-attr]  # _learn_loop
         if task is None or task._must_cancel:
             return False
     except AttributeError:  # a loop or task without asyncio's private state
@@ -161,37 +174,51 @@ def _nothing_to_run() -> bool:
     return True
 
 
-def _nothing_to_run_uvloop(loop: Any) -> bool:
-    # _nothing_to_run on a loop whose ready queue is no attribute (uvloop)
-    global _skipped
-    queues = _uv_queues.get(id(loop))
-    if queues is None or queues[0]() is not loop:
-        if type(loop) in _NO_SKIP:
-            return False
-        found = _find_uvloop_queues(loop)
-        if found is None:
-            return False
-        queues = found
-    ready, timers = queues[1], queues[2]
-    # a uvloop handle hides whether it is cancelled: any entry counts
-    if ready:
-        return False
-    if timers:
-        if len(timers) > _UV_MAX_TIMERS:
-            return False
-        now = loop.time()
-        for timer in timers:
-            if timer.when() <= now:
-                return False
-    task = _current_tasks.get(loop)  # type: ignore[union-attr]  # see caller
-    if task is None or task._must_cancel:
-        return False
-    _skipped += 1
-    return True
-
-
 def _noop() -> None:
     pass
+
+
+#: What the skip reads of a loop kind: asyncio's own loop (its ``_ready`` and
+#: ``_scheduled``, read each time: asyncio replaces the timer heap when it
+#: prunes cancelled timers), uvloop (its ready deque and timer set, found by
+#: _find_uvloop_queues), or neither (checkpoints always yield).
+_ASYNCIO = "asyncio"
+_UVLOOP = "uvloop"
+_NEVER = "never"
+#: The last loop a checkpoint ran in, one tuple so that threads running other
+#: loops never see half of another's entry: (weak reference to the loop, kind,
+#: uvloop's ready deque, uvloop's timer set).
+_last_loop: tuple[Any, str, Any, Any] = (_noop, _NEVER, None, None)
+
+
+def _learn_loop(loop: Any) -> tuple[Any, str, Any, Any]:
+    """The skip's entry for ``loop`` (a loop the last checkpoint did not run
+    in), remembered in _last_loop."""
+    global _last_loop
+    try:
+        ref = weakref.ref(loop)
+    except TypeError:
+        return (_noop, _NEVER, None, None)  # not remembered: yields each time
+    kind, ready, timers = _NEVER, None, None
+    if _current_tasks is None or loop is None:
+        pass
+    elif type(loop) in _HIDDEN_READY_QUEUE:
+        queues = _uv_queues.get(id(loop))
+        if queues is None or queues[0]() is not loop:
+            queues = None if type(loop) in _NO_SKIP else _find_uvloop_queues(loop)
+        if queues is not None:
+            kind, ready, timers = _UVLOOP, queues[1], queues[2]
+    elif all(
+        hasattr(loop, name) for name in ("_ready", "_scheduled", "_clock_resolution")
+    ):
+        kind = _ASYNCIO
+    elif not hasattr(loop, "_ready"):
+        # uvloop: remembered by type, since a failed getattr costs more than
+        # the rest of a checkpoint
+        _HIDDEN_READY_QUEUE.add(type(loop))
+        return _learn_loop(loop)
+    _last_loop = entry = (ref, kind, ready, timers)
+    return entry
 
 
 def _find_uvloop_queues(loop: Any) -> tuple[Any, Any, Any] | None:
@@ -207,7 +234,6 @@ def _find_uvloop_queues(loop: Any) -> tuple[Any, Any, Any] | None:
     """
     import collections
     import gc
-    import weakref
 
     handle = loop.call_soon(_noop)
     timer = loop.call_later(3600.0, _noop)
