@@ -107,6 +107,9 @@ class _PipeEnd:
     _what = "pipe"
     _readable: bool
     _handle: FdHandle
+    # the pipe's size as this end last set or asked it (0: not yet); the send
+    # end paces its large sends by it (PipeSendStream._kernel_buffer)
+    _capacity = 0
 
     @classmethod
     def from_fd(cls, fd: int) -> Self:
@@ -137,7 +140,8 @@ class _PipeEnd:
         pipe budget, ``ValueError`` for sizes below 1 or below the queued data.
         """
         _check_capacity(capacity)
-        return _apply_capacity(self._handle.fileno(), capacity)
+        self._capacity = granted = _apply_capacity(self._handle.fileno(), capacity)
+        return granted
 
 
 class PipeReceiveStream(_PipeEnd, FdReceiveStream):
@@ -162,7 +166,6 @@ class PipeSendStream(_PipeEnd, FdSendStream):
     """
 
     _readable = False
-    _capacity = 0  # the pipe's size as last asked; 0: not yet
 
     def _kernel_buffer(self) -> int:
         # a large send passes through the loop (checkpoint_large) only when
@@ -180,12 +183,6 @@ class PipeSendStream(_PipeEnd, FdSendStream):
                 return 0
             self._capacity = capacity
         return capacity
-
-    def set_capacity(self, capacity: int) -> int:
-        self._capacity = granted = super().set_capacity(capacity)
-        return granted
-
-    set_capacity.__doc__ = _PipeEnd.set_capacity.__doc__
 
 
 def create_pipe(

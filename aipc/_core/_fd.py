@@ -200,12 +200,12 @@ def _learn_loop(loop: Any) -> tuple[Any, str, Any, Any]:
     except TypeError:
         return (_noop, _NEVER, None, None)  # not remembered: yields each time
     kind, ready, timers = _NEVER, None, None
-    if _current_tasks is None or loop is None:
+    if _current_tasks is None:
         pass
     elif type(loop) in _HIDDEN_READY_QUEUE:
         queues = _uv_queues.get(id(loop))
         if queues is None or queues[0]() is not loop:
-            queues = None if type(loop) in _NO_SKIP else _find_uvloop_queues(loop)
+            queues = None if type(loop) in _NO_SKIP else _find_uvloop_queues(loop, ref)
         if queues is not None:
             kind, ready, timers = _UVLOOP, queues[1], queues[2]
     elif all(
@@ -221,8 +221,9 @@ def _learn_loop(loop: Any) -> tuple[Any, str, Any, Any]:
     return entry
 
 
-def _find_uvloop_queues(loop: Any) -> tuple[Any, Any, Any] | None:
-    """Find uvloop's ready deque and timer set among the loop's references.
+def _find_uvloop_queues(loop: Any, ref: Any) -> tuple[Any, Any, Any] | None:
+    """Find uvloop's ready deque and timer set among the loop's references
+    (``ref``: a weak reference to ``loop``, kept with them in _uv_queues).
 
     They are C fields of uvloop's ``Loop``, invisible as attributes, but the
     loop reports them to the garbage collector (``gc.get_referents``). The
@@ -245,11 +246,6 @@ def _find_uvloop_queues(loop: Any) -> tuple[Any, Any, Any] | None:
         handle.cancel()
         timer.cancel()
     if len(readies) != 1 or len(timer_sets) != 1 or timer in timer_sets[0]:
-        _NO_SKIP.add(type(loop))
-        return None
-    try:
-        ref = weakref.ref(loop)
-    except TypeError:
         _NO_SKIP.add(type(loop))
         return None
     for key, (other, _, _) in list(_uv_queues.items()):
