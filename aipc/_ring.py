@@ -185,6 +185,27 @@ _acquire = _fence_lock.acquire
 _release = _fence_lock.release
 
 
+def _load_helper() -> Any:
+    """The compiled helper (aipc/_ringc.c), or None: not built (no compiler
+    at install), from another version of aipc, or AIPC_PURE_PYTHON=1."""
+    if os.environ.get("AIPC_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _ringc  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _ringc if getattr(_ringc, "VERSION", None) == 2 else None
+
+
+_ringc = _load_helper()
+#: The base class of the ring ends: the compiled one keeps their hot state in
+#: C fields, read and written as the same attributes.
+_RingBase: type = object if _ringc is None else _ringc.RingCore
+#: Whether send and receive take their compiled steps (``_cput``,
+#: ``_ctake``). Tests turn it off to run the Python steps on the same build.
+_FAST = _ringc is not None
+
+
 def _check_platform() -> None:
     if not _SUPPORTED:
         raise NotImplementedError(
@@ -271,7 +292,7 @@ class RingStatistics:
 # what both ends share
 
 
-class _RingEnd:
+class _RingEnd(_RingBase):  # type: ignore[misc]
     """The mapping, the doorbells, the liveness socket, sleeping and closing."""
 
     _role = ""  # "sender" or "receiver"
@@ -329,6 +350,9 @@ class _RingEnd:
         self._attempt_cb = self._attempt
         self._messages = self._bytes = 0
         self._waits = self._wakeups = self._spins = 0
+        if _ringc is not None:
+            # the compiled steps point at the views until close() unbinds
+            self._bind(self._hdr, self._data, peer_doorbell.fileno())
 
     # -- construction from handed-over descriptors
 
@@ -522,6 +546,8 @@ class _RingEnd:
         if self._closed:
             return
         self._closed = True
+        if _ringc is not None:
+            self._unbind()  # before the views it points into are released
         self._close_lease()
         if not self._handed_off:
             self._hdr[self._W_MY_CLOSED] = 1
@@ -548,6 +574,8 @@ class _RingEnd:
         """Unmap and forget the descriptors without closing them (they are
         the caller's again: a rebuild that failed half-way)."""
         self._closed = True
+        if _ringc is not None:
+            self._unbind()
         self._waitset.close()
         self._sock_handle.detach()
         self._sock.detach()
@@ -680,6 +708,25 @@ class _Receiving(_RingEnd):
         The sleep protocol (see the module docstring) is inlined here: this
         is the hot path of every receive that finds the ring empty.
         """
+        if _FAST and not self._spin_ns:
+            # the compiled steps of the loop below, without a spin: the
+            # generation, the fence and the re-check happen in _cready
+            state = self._cready()
+            if state > 0:
+                await checkpoint()
+                return
+            while not state:
+                self._waits += 1
+                try:
+                    if not await self._wait(self._attempt_cb):
+                        self._peer_gone = True
+                finally:
+                    self._cwoke()
+                state = self._cready()
+                if state > 0:
+                    return  # the wait was the schedule point
+            # closed, at the end, the sender gone or corrupt: the Python
+            # steps below raise (after a checkpoint)
         yielded = False
         try:
             while True:
@@ -1185,6 +1232,12 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         self._busy = True
         try:
             await self._until_available()
+            if _FAST:
+                # a plain record's compiled copy and _publish_tail; padding,
+                # batch records and corruption are the Python steps'
+                item = self._ctake()
+                if item is not None:
+                    return item  # type: ignore[no-any-return]
             return self._take_one()
         finally:
             self._busy = False
@@ -1436,6 +1489,15 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
         try:
             await checkpoint()
             while True:
+                if _FAST:
+                    # the compiled steps of _write and _publish_head; when
+                    # closed, broken or corrupt the Python steps below raise
+                    put = self._cput(data)
+                    if put > 0:
+                        return
+                    if not put:
+                        await self._wait_space(self._need)
+                        continue
                 head = self._write(data, n)
                 if head:
                     self._messages += 1

@@ -36,6 +36,40 @@ backend = sys.argv[1]
 """
 
 
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def ring_steps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: with the compiled helper's steps (aipc/_ringc.c),
+    and with the Python steps, which are what an install without a C
+    compiler runs. In the second, child processes import aipc with
+    AIPC_PURE_PYTHON=1, so that they run the pure Python build as it is."""
+    if request.param == "compiled":
+        if _ring._ringc is None:
+            pytest.skip("the C helper is not built (no compiler at install?)")
+    else:
+        monkeypatch.setattr(_ring, "_FAST", False)
+        monkeypatch.setenv("AIPC_PURE_PYTHON", "1")
+    return str(request.param)
+
+
+def test_pure_python_build_is_what_children_get(ring_steps: str) -> None:
+    """The switch the Python variant relies on: with AIPC_PURE_PYTHON=1 a
+    fresh import has no compiled base class and no compiled steps."""
+    import subprocess
+    import sys
+
+    code = (
+        "from aipc import _ring; "
+        "print(_ring._RingBase is object, _ring._FAST, _ring._ringc is None)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    if ring_steps == "python":
+        assert out == ["True", "False", "True"]
+    else:
+        assert out == ["False", "True", "False"]
+
+
 def _shm_entries() -> set[str]:
     return set(os.listdir("/dev/shm"))
 

@@ -1,0 +1,434 @@
+/* aipc._ringc: the per-message steps of a shared-memory ring, compiled.
+ *
+ * Optional: the package build compiles it when a C compiler is there
+ * (hatch_build.py), and aipc/_ring.py runs the same steps in Python when it
+ * is not, or when AIPC_PURE_PYTHON=1 is set. See docs/rings.md.
+ *
+ * RingCore is the base class of aipc's ring ends. It holds the hot state of
+ * an end as C fields, which Python reads and writes as ordinary attributes
+ * (``_head``, ``_tail``, ...), so that every path of aipc/_ring.py keeps
+ * working on the same state, and adds the two steps every message takes:
+ *
+ *   _cput(data)  the sender's: write one record at head if it fits, publish
+ *                head (release store), full fence, read the receiver's
+ *                sleep generation, ring its doorbell if it sleeps
+ *   _ctake()     the receiver's: copy out the plain record at tail, publish
+ *                tail, full fence, read the sender's generation, ring it if
+ *                it sleeps waiting for room
+ *
+ * Records and the wake-up protocol are those of aipc/_ring.py's module
+ * docstring; anything else (padding, batch records, a corrupt record, a
+ * closed end) is left to the Python code, which raises the right error. The
+ * shared words are read and written with the compiler's atomics (acquire
+ * loads, release stores, a sequentially consistent fence), which is what the
+ * protocol needs on any machine.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+/* header word indices: keep in step with aipc/_ring.py */
+#define W_HEAD 8
+#define W_TAIL 16
+#define W_RX_SEQ 24
+#define W_TX_SEQ 32
+#define W_TX_CLOSED 40
+#define W_RX_CLOSED 48
+#define HEADER_WORDS 512 /* 4096 bytes */
+
+/* _cput's answers */
+#define PUT_SENT 1
+#define PUT_FULL 0      /* no room: _need says how much is needed */
+#define PUT_CLOSED -1   /* this end is closed */
+#define PUT_BROKEN -2   /* the receiver closed the ring or died */
+#define PUT_PYTHON -3   /* let the Python path decide (a corrupt tail) */
+
+#define VERSION 2
+
+typedef struct {
+    PyObject_HEAD
+    uint64_t *hdr;          /* NULL when not bound */
+    unsigned char *data;
+    long long head;         /* the sender's own / the last one the receiver saw */
+    long long tail;         /* the receiver's own / the last one the sender saw */
+    long long cap;
+    long long need;
+    long long seq;          /* this end's sleep generation (even: awake) */
+    long long signalled;    /* the peer generation last rung for */
+    long long messages;
+    long long bytes;
+    long long wakeups;
+    int peer_fd;            /* the peer's doorbell (an eventfd) */
+    char closed;
+    char peer_gone;
+} RingCore;
+
+static inline uint64_t
+load(uint64_t *word)
+{
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
+/* After publishing: ring the doorbell of a peer seen asleep in generation
+ * seq, once per generation. 0 done, -1 with an exception set, 1 the doorbell
+ * is gone (this end was closed). */
+static int
+wake_peer(RingCore *self, uint64_t seq)
+{
+    if ((long long)seq == self->signalled) {
+        return 0;
+    }
+    self->signalled = (long long)seq;
+    if (self->peer_fd < 0) {
+        return 1;
+    }
+    uint64_t one = 1;
+    if (write(self->peer_fd, &one, sizeof one) < 0 && errno != EAGAIN) {
+        /* EAGAIN: the count is at its maximum, the peer is woken anyway */
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->wakeups++;
+    return 0;
+}
+
+static PyObject *
+core_bind(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_bind(header, data, peer_fd)");
+        return NULL;
+    }
+    Py_buffer hdr, data;
+    if (PyObject_GetBuffer(args[0], &hdr, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&hdr);
+        return NULL;
+    }
+    int fd = PyLong_AsLong(args[2]);
+    int ok = !(fd == -1 && PyErr_Occurred());
+    if (ok && (hdr.len < HEADER_WORDS * 8 || ((uintptr_t)hdr.buf & 7)
+               || data.len != self->cap || ((uintptr_t)data.buf & 7)
+               || self->cap < 16 || (self->cap & (self->cap - 1)))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "_bind: a 4096-byte header and a data area of _cap bytes, "
+                        "8-byte aligned, _cap a power of two");
+        ok = 0;
+    }
+    /* The pointers outlive the buffers: the caller keeps both views (and the
+     * mapping under them) until it calls _unbind(). */
+    if (ok) {
+        self->hdr = (uint64_t *)hdr.buf;
+        self->data = (unsigned char *)data.buf;
+        self->peer_fd = fd;
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&hdr);
+    if (!ok) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_unbind(RingCore *self, PyObject *unused)
+{
+    self->hdr = NULL;
+    self->data = NULL;
+    self->peer_fd = -1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_put(RingCore *self, PyObject *item)
+{
+    uint64_t *hdr = self->hdr;
+    if (self->closed || hdr == NULL) {
+        return PyLong_FromLong(PUT_CLOSED);
+    }
+    if (load(&hdr[W_RX_CLOSED]) || self->peer_gone) {
+        return PyLong_FromLong(PUT_BROKEN);
+    }
+    Py_buffer view;
+    const char *src;
+    long long n;
+    int release = 0;
+    if (PyBytes_CheckExact(item)) {
+        src = PyBytes_AS_STRING(item);
+        n = PyBytes_GET_SIZE(item);
+    }
+    else {
+        if (PyObject_GetBuffer(item, &view, PyBUF_SIMPLE) < 0) {
+            return NULL;
+        }
+        src = view.buf;
+        n = view.len;
+        release = 1;
+    }
+    long long cap = self->cap, head = self->head;
+    long long off = head & (cap - 1);
+    long long size = 8 + ((n + 7) & -8);
+    long long to_end = cap - off;
+    long long need = size <= to_end ? size : to_end + size;
+    if (n > cap / 2 - 8) {
+        /* the caller checks the size first; never write past the area */
+        if (release) {
+            PyBuffer_Release(&view);
+        }
+        return PyLong_FromLong(PUT_PYTHON);
+    }
+    if (cap - (head - self->tail) < need) {
+        long long tail = (long long)load(&hdr[W_TAIL]);
+        if (!(0 <= head - tail && head - tail <= cap)) {
+            if (release) {
+                PyBuffer_Release(&view);
+            }
+            return PyLong_FromLong(PUT_PYTHON);
+        }
+        self->tail = tail;
+        if (cap - (head - tail) < need) {
+            if (release) {
+                PyBuffer_Release(&view);
+            }
+            self->need = need;
+            return PyLong_FromLong(PUT_FULL);
+        }
+    }
+    unsigned char *data = self->data;
+    if (size > to_end) {
+        *(uint64_t *)(data + off) = 1; /* padding to the end of the area */
+        head += to_end;
+        off = 0;
+    }
+    *(uint64_t *)(data + off) = (uint64_t)n << 1;
+    if (n) {
+        memcpy(data + off + 8, src, (size_t)n);
+    }
+    if (release) {
+        PyBuffer_Release(&view);
+    }
+    head += size;
+    self->head = head;
+    self->bytes += n;
+    self->messages++;
+    __atomic_store_n(&hdr[W_HEAD], (uint64_t)head, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* StoreLoad: head, then the generation */
+    uint64_t seq = load(&hdr[W_RX_SEQ]);
+    if (seq & 1) {
+        int r = wake_peer(self, seq);
+        if (r < 0) {
+            return NULL;
+        }
+        if (r > 0) {
+            return PyLong_FromLong(PUT_CLOSED);
+        }
+    }
+    return PyLong_FromLong(PUT_SENT);
+}
+
+static PyObject *
+core_take(RingCore *self, PyObject *unused)
+{
+    uint64_t *hdr = self->hdr;
+    if (self->closed || hdr == NULL) {
+        Py_RETURN_NONE;
+    }
+    long long cap = self->cap, tail = self->tail, head = self->head;
+    if (head == tail) {
+        head = (long long)load(&hdr[W_HEAD]);
+        if (head == tail || !(0 < head - tail && head - tail <= cap)) {
+            Py_RETURN_NONE; /* empty, or corrupt: the Python path says which */
+        }
+        self->head = head;
+    }
+    long long off = tail & (cap - 1);
+    uint64_t word = *(uint64_t *)(self->data + off);
+    if (word & 1) {
+        Py_RETURN_NONE; /* padding or a batch record */
+    }
+    long long n = (long long)(word >> 1);
+    long long size = 8 + ((n + 7) & -8);
+    if (n > cap || size > head - tail || off + size > cap) {
+        Py_RETURN_NONE; /* corrupt */
+    }
+    PyObject *item = PyBytes_FromStringAndSize((const char *)self->data + off + 8, n);
+    if (item == NULL) {
+        return NULL;
+    }
+    tail += size;
+    self->tail = tail;
+    self->messages++;
+    self->bytes += n;
+    __atomic_store_n(&hdr[W_TAIL], (uint64_t)tail, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* StoreLoad: tail, then the generation */
+    uint64_t seq = load(&hdr[W_TX_SEQ]);
+    if ((seq & 1) && wake_peer(self, seq) < 0) {
+        Py_DECREF(item);
+        return NULL;
+    }
+    return item;
+}
+
+/* The receiver's wait, before it sleeps: 1 if a message can be taken
+ * (head moved), 0 if it may sleep (its generation made odd, a full fence, and
+ * head and the sender's closed flag re-checked: the wake-up protocol; call
+ * _cwoke() after the wait), -1 for the Python steps to decide (this end
+ * closed, the sender closed or gone, a corrupt head). */
+static PyObject *
+core_ready(RingCore *self, PyObject *unused)
+{
+    uint64_t *hdr = self->hdr;
+    if (self->closed || hdr == NULL) {
+        return PyLong_FromLong(-1);
+    }
+    long long tail = self->tail;
+    if (self->head != tail) {
+        return PyLong_FromLong(1);
+    }
+    for (;;) {
+        /* the flag before head: the sender publishes its last head before
+         * the flag, so a set flag and an unchanged head mean the end */
+        uint64_t closed = load(&hdr[W_TX_CLOSED]);
+        long long head = (long long)load(&hdr[W_HEAD]);
+        if (head != tail) {
+            if (!(0 < head - tail && head - tail <= self->cap)) {
+                return PyLong_FromLong(-1);
+            }
+            self->head = head;
+            return PyLong_FromLong(1);
+        }
+        if (closed || self->peer_gone) {
+            return PyLong_FromLong(-1);
+        }
+        uint64_t seq = (uint64_t)self->seq + 1; /* odd: going to sleep */
+        __atomic_store_n(&hdr[W_RX_SEQ], seq, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST); /* StoreLoad: the generation, then the re-check */
+        if ((long long)load(&hdr[W_HEAD]) == tail && !load(&hdr[W_TX_CLOSED])) {
+            return PyLong_FromLong(0);
+        }
+        /* the sender acted meanwhile: awake again, and look once more */
+        self->seq += 2;
+        __atomic_store_n(&hdr[W_RX_SEQ], (uint64_t)self->seq, __ATOMIC_RELAXED);
+    }
+}
+
+/* After the wait that _cready() allowed (also when it failed): awake. */
+static PyObject *
+core_woke(RingCore *self, PyObject *unused)
+{
+    self->seq += 2;
+    if (!self->closed && self->hdr != NULL) {
+        __atomic_store_n(&self->hdr[W_RX_SEQ], (uint64_t)self->seq, __ATOMIC_RELAXED);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ringc_fence(PyObject *module, PyObject *unused)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef core_methods[] = {
+    {"_bind", (PyCFunction)(void (*)(void))core_bind, METH_FASTCALL,
+     "_bind(header, data, peer_fd): point at the mapped views (kept by the caller)."},
+    {"_unbind", (PyCFunction)core_unbind, METH_NOARGS,
+     "_unbind(): forget the views and the doorbell (before they are released)."},
+    {"_cput", (PyCFunction)core_put, METH_O,
+     "_cput(data) -> 1 sent, 0 no room (_need set), -1 closed, -2 broken, "
+     "-3 the Python path decides."},
+    {"_ctake", (PyCFunction)core_take, METH_NOARGS,
+     "_ctake() -> the next plain record as bytes, or None: the Python path decides."},
+    {"_cready", (PyCFunction)core_ready, METH_NOARGS,
+     "_cready() -> 1 a message is there, 0 asleep (call _cwoke() after the "
+     "wait), -1 the Python steps decide."},
+    {"_cwoke", (PyCFunction)core_woke, METH_NOARGS,
+     "_cwoke(): the receiver's wait ended; its generation is even again."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef core_members[] = {
+    {"_head", T_LONGLONG, offsetof(RingCore, head), 0, NULL},
+    {"_tail", T_LONGLONG, offsetof(RingCore, tail), 0, NULL},
+    {"_cap", T_LONGLONG, offsetof(RingCore, cap), 0, NULL},
+    {"_need", T_LONGLONG, offsetof(RingCore, need), 0, NULL},
+    {"_seq", T_LONGLONG, offsetof(RingCore, seq), 0, NULL},
+    {"_signalled", T_LONGLONG, offsetof(RingCore, signalled), 0, NULL},
+    {"_messages", T_LONGLONG, offsetof(RingCore, messages), 0, NULL},
+    {"_bytes", T_LONGLONG, offsetof(RingCore, bytes), 0, NULL},
+    {"_wakeups", T_LONGLONG, offsetof(RingCore, wakeups), 0, NULL},
+    {"_closed", T_BOOL, offsetof(RingCore, closed), 0, NULL},
+    {"_peer_gone", T_BOOL, offsetof(RingCore, peer_gone), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyObject *
+core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* the subclasses' __init__ sets the fields */
+    RingCore *self = (RingCore *)PyType_GenericNew(type, args, kwds);
+    if (self != NULL) {
+        self->peer_fd = -1;
+        self->signalled = -1;
+    }
+    return (PyObject *)self;
+}
+
+static int
+core_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    return 0; /* takes whatever the subclass's __init__ passes on */
+}
+
+static PyTypeObject RingCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aipc._ringc.RingCore",
+    .tp_basicsize = sizeof(RingCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The compiled hot state and per-message steps of a ring end.",
+    .tp_methods = core_methods,
+    .tp_members = core_members,
+    .tp_init = core_init,
+    .tp_new = core_new,
+};
+
+static PyMethodDef module_methods[] = {
+    {"fence", ringc_fence, METH_NOARGS, "A full memory fence."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef ringc_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "aipc._ringc",
+    .m_doc = "The per-message steps of aipc's shared-memory rings, compiled.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__ringc(void)
+{
+    if (PyType_Ready(&RingCoreType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&ringc_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&RingCoreType);
+    if (PyModule_AddObject(m, "RingCore", (PyObject *)&RingCoreType) < 0
+        || PyModule_AddIntConstant(m, "VERSION", VERSION) < 0) {
+        Py_DECREF(&RingCoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
