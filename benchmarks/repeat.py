@@ -175,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"median of {args.runs} runs of 'aipc bench {' '.join(bench_args)}' on "
         f"{machine['nproc']} CPUs, Linux {machine['kernel']}, "
-        f"Python {machine['python']}\n"
+        f"Python {machine['python']}"
+        + {True: ", compiled ring helper", False: ", pure Python rings"}.get(
+            machine.get("compiled_helper"), ""
+        )
+        + "\n"
     )
     print(_table(order, summaries))
     print(

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from aipc import _ring
+
 from ._helpers import PROJECT_ROOT
 
 ENV = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
@@ -84,7 +86,12 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
     assert result.returncode == 0, result.stderr
     assert "aipc pipe" in result.stdout
     assert "total run time" in result.stdout
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    # the header and the file say whether the rings ran compiled
+    helper = _ring._ringc is not None
+    assert report["machine"]["compiled_helper"] is helper
+    assert ("compiled ring helper" in result.stdout) is helper
     # the bench pins its two processes to two CPUs for cross-core rows, and
     # skips those (with a note) where only one CPU is available
     placements: tuple[str, ...] = ("cross-core", "same-core")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from aipc import _ring
+
 from ._plan import (
     CHUNKS,
     KIB,
@@ -305,6 +307,7 @@ def format_table(
     out = [
         f"aipc bench: {machine['nproc']} CPUs, Linux {machine['kernel']}, "
         f"Python {machine['python']}, aipc {machine['packages'].get('aipc', '?')}"
+        + _helper_note(machine)
         + (" (--quick: not a measurement)" if args.quick else ""),
         "",
         line(head),
@@ -401,6 +404,13 @@ def _read_int(path: str) -> int | None:
         return None
 
 
+def _helper_note(machine: dict[str, Any]) -> str:
+    helper = machine.get("compiled_helper")
+    if helper is None:  # a JSON file from before the helper
+        return ""
+    return " with its compiled ring helper" if helper else " (pure Python rings)"
+
+
 def machine_info(placements: list[Placement], rounds: int) -> dict[str, Any]:
     """What the numbers depend on: CPUs, kernel, Python, package versions."""
     return {
@@ -412,6 +422,9 @@ def machine_info(placements: list[Placement], rounds: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "implementation": sys.implementation.name,
+        # aipc/_ringc.c, built at install when a compiler was there; the
+        # children inherit AIPC_PURE_PYTHON, so they run what this one does
+        "compiled_helper": _ring._ringc is not None,
         "packages": {
             name: v
             for name in (
