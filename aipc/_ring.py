@@ -77,10 +77,25 @@ syscalls are not used as fences, since not every syscall is one.
 On aarch64 and other weakly ordered machines plain stores may be reordered
 with each other and loads with loads, so the data path itself would need
 release/acquire accesses, which pure Python cannot give and a lock around
-each access would make slower than a pipe. Rather than a C extension (which a
-``pip install`` without a compiler would fail to build), aipc refuses to
-create or attach a ring there, with ``NotImplementedError`` naming the
-machine; pipes and UNIX sockets work everywhere.
+each access would make slower than a pipe. The optional compiled helper
+(``aipc/_ringc.c``, below) uses the C compiler's acquire loads, release
+stores and sequentially consistent fence, right on any machine, but it runs
+only the commonest steps, and an install without a compiler has none of it.
+So aipc refuses to create or attach a ring there, with
+``NotImplementedError`` naming the machine; pipes and UNIX sockets work
+everywhere.
+
+**The compiled helper.** Where the package build found a C compiler,
+``aipc._ringc.RingCore`` is the base class of the ring ends: it keeps their
+hot state (``_head``, ``_tail``, ``_seq``, the counters, the closed flags) in
+C fields, which the Python code here reads and writes as plain attributes,
+and runs the per-message steps in C: ``_cput`` (send's ``_write`` and
+``_publish_head``), ``_ctake`` (receive's copy of a plain record and
+``_publish_tail``), ``_cready`` / ``_cwoke`` (the receiver's way to sleep,
+without a spin). They follow the steps here exactly and hand every unusual
+case (padding and batch records, corruption, a closed end, a dead peer) back
+to the Python steps, which raise. ``_FAST`` says whether they run; without
+the helper, or with ``AIPC_PURE_PYTHON=1``, the base class is ``object``.
 
 **Several producers.** The ring is single-producer single-consumer: a
 multi-producer ring needs an atomic compare-and-swap on shared memory,
