@@ -173,10 +173,6 @@ core_put(RingCore *self, PyObject *item)
         release = 1;
     }
     long long cap = self->cap, head = self->head;
-    long long off = head & (cap - 1);
-    long long size = 8 + ((n + 7) & -8);
-    long long to_end = cap - off;
-    long long need = size <= to_end ? size : to_end + size;
     if (n > cap / 2 - 8) {
         /* the caller checks the size first; never write past the area */
         if (release) {
@@ -184,9 +180,15 @@ core_put(RingCore *self, PyObject *item)
         }
         return PyLong_FromLong(PUT_PYTHON);
     }
+    long long off = head & (cap - 1);
+    long long size = 8 + ((n + 7) & -8);
+    long long to_end = cap - off;
+    long long need = size <= to_end ? size : to_end + size;
     if (cap - (head - self->tail) < need) {
-        long long tail = (long long)load(&hdr[W_TAIL]);
-        if (!(0 <= head - tail && head - tail <= cap)) {
+        /* the receiver's word: a peer may have written anything there */
+        uint64_t raw = load(&hdr[W_TAIL]);
+        long long tail = (long long)raw;
+        if (raw > (uint64_t)head || (uint64_t)head - raw > (uint64_t)cap) {
             if (release) {
                 PyBuffer_Release(&view);
             }
@@ -242,10 +244,12 @@ core_take(RingCore *self, PyObject *unused)
     }
     long long cap = self->cap, tail = self->tail, head = self->head;
     if (head == tail) {
-        head = (long long)load(&hdr[W_HEAD]);
-        if (head == tail || !(0 < head - tail && head - tail <= cap)) {
+        /* the sender's word: a peer may have written anything there */
+        uint64_t raw = load(&hdr[W_HEAD]);
+        if (raw <= (uint64_t)tail || raw - (uint64_t)tail > (uint64_t)cap) {
             Py_RETURN_NONE; /* empty, or corrupt: the Python path says which */
         }
+        head = (long long)raw;
         self->head = head;
     }
     long long off = tail & (cap - 1);
@@ -253,9 +257,12 @@ core_take(RingCore *self, PyObject *unused)
     if (word & 1) {
         Py_RETURN_NONE; /* padding or a batch record */
     }
+    if ((word >> 1) > (uint64_t)cap) {
+        Py_RETURN_NONE; /* corrupt */
+    }
     long long n = (long long)(word >> 1);
     long long size = 8 + ((n + 7) & -8);
-    if (n > cap || size > head - tail || off + size > cap) {
+    if (size > head - tail || off + size > cap) {
         Py_RETURN_NONE; /* corrupt */
     }
     PyObject *item = PyBytes_FromStringAndSize((const char *)self->data + off + 8, n);
@@ -296,12 +303,12 @@ core_ready(RingCore *self, PyObject *unused)
         /* the flag before head: the sender publishes its last head before
          * the flag, so a set flag and an unchanged head mean the end */
         uint64_t closed = load(&hdr[W_TX_CLOSED]);
-        long long head = (long long)load(&hdr[W_HEAD]);
-        if (head != tail) {
-            if (!(0 < head - tail && head - tail <= self->cap)) {
-                return PyLong_FromLong(-1);
+        uint64_t head = load(&hdr[W_HEAD]);
+        if (head != (uint64_t)tail) {
+            if (head < (uint64_t)tail || head - (uint64_t)tail > (uint64_t)self->cap) {
+                return PyLong_FromLong(-1); /* corrupt: the Python steps raise */
             }
-            self->head = head;
+            self->head = (long long)head;
             return PyLong_FromLong(1);
         }
         if (closed || self->peer_gone) {
@@ -310,7 +317,7 @@ core_ready(RingCore *self, PyObject *unused)
         uint64_t seq = (uint64_t)self->seq + 1; /* odd: going to sleep */
         __atomic_store_n(&hdr[W_RX_SEQ], seq, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_SEQ_CST); /* StoreLoad: the generation, then the re-check */
-        if ((long long)load(&hdr[W_HEAD]) == tail && !load(&hdr[W_TX_CLOSED])) {
+        if (load(&hdr[W_HEAD]) == (uint64_t)tail && !load(&hdr[W_TX_CLOSED])) {
             return PyLong_FromLong(0);
         }
         /* the sender acted meanwhile: awake again, and look once more */

@@ -538,6 +538,40 @@ async def test_corrupt_ring_is_detected() -> None:
             await rx.receive()
 
 
+async def test_receive_checks_what_it_takes() -> None:
+    """The compiled steps hand every corrupt word back to the Python steps,
+    which raise; nothing is taken, written or woken on the way."""
+    rx, tx = aipc.create_ring(SMALL)
+    async with rx, tx:
+        await tx.send(b"12345678")
+        tx._dq[0] = 64 << 1  # a record longer than what was published
+        with pytest.raises(anyio.BrokenResourceError, match="a record of 64"):
+            await rx.receive()
+        assert rx.statistics().messages == 0
+    for word in (2**64 - 2, 2**63 + 16):  # lengths no ring can hold
+        rx, tx = aipc.create_ring(SMALL)
+        async with rx, tx:
+            await tx.send(b"12345678")
+            tx._dq[0] = word
+            with pytest.raises(anyio.BrokenResourceError, match="corrupt"):
+                await rx.receive()
+    for head in (2**64 - 8, 2**63):  # heads no sender can reach
+        rx, tx = aipc.create_ring(SMALL)
+        async with rx, tx:
+            rx._hdr[_ring._W_HEAD] = head
+            with pytest.raises(anyio.BrokenResourceError, match="corrupt"):
+                await rx.receive()
+    rx, tx = aipc.create_ring(SMALL)
+    async with rx, tx:
+        await tx.send(b"x" * 1000)
+        await tx.send(b"y" * 1000)
+        await tx.send(b"z" * 1000)  # the ring now needs the receiver's tail
+        tx._hdr[_ring._W_TAIL] = 2**63  # a tail beyond the sender's head
+        with pytest.raises(anyio.BrokenResourceError, match="corrupt"):
+            await tx.send(b"w" * 1500)
+        assert tx.statistics().messages == 3
+
+
 async def test_lease_checks_what_it_lends() -> None:
     """receive_lease takes a plain record without _locate: the same checks."""
     rx, tx = aipc.create_ring(SMALL)
