@@ -364,8 +364,15 @@ def _interrupt_bench(
         for line in proc.stderr:  # measuring: every group is up
             if line.startswith("[2/"):
                 break
-        while_measuring()
-        proc.send_signal(sig)
+        # Held where it is until the signal is pending: on a loaded machine
+        # the run went on to its end (4 s) before the signal arrived, and
+        # exited 0. The signal is handled as soon as it continues.
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            while_measuring()
+            proc.send_signal(sig)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         out, _ = proc.communicate(timeout=30)
     return proc.pid, proc.returncode, out
 
