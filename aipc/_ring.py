@@ -92,10 +92,13 @@ C fields, which the Python code here reads and writes as plain attributes,
 and runs the per-message steps in C: ``_cput`` (send's ``_write`` and
 ``_publish_head``), ``_ctake`` (receive's copy of a plain record and
 ``_publish_tail``), ``_cready`` / ``_cwoke`` (the receiver's way to sleep,
-without a spin). They follow the steps here exactly and hand every unusual
-case (padding and batch records, corruption, a closed end, a dead peer) back
-to the Python steps, which raise. ``_FAST`` says whether they run; without
-the helper, or with ``AIPC_PURE_PYTHON=1``, the base class is ``object``.
+without a spin), ``_clease`` / ``_crelease`` (receive_lease's plain record,
+and giving its room back), ``_cloan`` / ``_ccommit`` (loan's room, and the
+commit's record word and publish). They follow the steps here exactly and
+hand every unusual case (padding and batch records, corruption, a closed
+end, a dead peer) back to the Python steps, which raise. ``_FAST`` says
+whether they run; without the helper, or with ``AIPC_PURE_PYTHON=1``, the
+base class is ``object``.
 
 **Several producers.** The ring is single-producer single-consumer: a
 multi-producer ring needs an atomic compare-and-swap on shared memory,
@@ -209,7 +212,7 @@ def _load_helper() -> Any:
         from . import _ringc  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return _ringc if getattr(_ringc, "VERSION", None) == 2 else None
+    return _ringc if getattr(_ringc, "VERSION", None) == 3 else None
 
 
 _ringc = _load_helper()
@@ -1300,6 +1303,15 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
             else:
                 await self._until_available()
             # one consumer: what was there still is (avail > 0)
+            if _FAST:
+                # a plain record, located and counted in C; padding, batch
+                # records and corruption are the Python steps'
+                found = self._clease()
+                if found is not None:
+                    start, n, tail = found
+                    view = self._rdata[start : start + n]
+                    self._lease = lease = RingLease(self, view, tail, 0)
+                    return lease
             avail = self._available()
             tail = self._tail
             off = tail & self._mask
@@ -1327,7 +1339,9 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
                 if lease._cursor != self._cursor:
                     self._cursor = lease._cursor
                     self._hdr[_W_RX_CURSOR] = lease._cursor
-                if lease._tail != self._tail:
+                if lease._tail != self._tail and not (
+                    _FAST and self._crelease(lease._tail)
+                ):
                     self._publish_tail(lease._tail)
 
     def _close_lease(self) -> None:
@@ -1416,6 +1430,17 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
         self._busy = True
         try:
             await checkpoint()
+            while _FAST:
+                room = self._cloan(n)
+                if type(room) is tuple:
+                    off, start, head = room
+                    self._loan = loan = RingLoan(
+                        self, self._data[off : off + n], start, head
+                    )
+                    return loan  # busy until it ends
+                if room:  # closed, broken or corrupt: the Python steps raise
+                    break
+                await self._wait_space(self._need)
             while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
@@ -1453,6 +1478,13 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
         self._loan = None
         if n is None or self._closed:
             return
+        if _FAST:
+            done = self._ccommit(loan._start, loan._head, n)
+            if done > 0:
+                return
+            if done == -1:  # (unreachable: closed is checked above)
+                raise anyio.ClosedResourceError
+            # broken, or not what loan() lent: the Python steps below
         if self._hdr[_W_RX_CLOSED] or self._peer_gone:
             raise self._broken()
         dq = self._dq

@@ -48,7 +48,7 @@
 #define PUT_BROKEN -2   /* the receiver closed the ring or died */
 #define PUT_PYTHON -3   /* let the Python path decide (a corrupt tail) */
 
-#define VERSION 2
+#define VERSION 3
 
 typedef struct {
     PyObject_HEAD
@@ -95,6 +95,25 @@ wake_peer(RingCore *self, uint64_t seq)
     }
     self->wakeups++;
     return 0;
+}
+
+/* Publish head (the sender) or tail (the receiver) at word w, then the full
+ * fence, then the peer's generation at word seq_w: ring it if it sleeps.
+ * 1 done, 0 the doorbell is gone (closed meanwhile), -1 an exception. */
+static int
+publish(RingCore *self, int w, long long value, int seq_w)
+{
+    uint64_t *hdr = self->hdr;
+    __atomic_store_n(&hdr[w], (uint64_t)value, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* StoreLoad: the word, then the generation */
+    uint64_t seq = load(&hdr[seq_w]);
+    if (seq & 1) {
+        int r = wake_peer(self, seq);
+        if (r) {
+            return r > 0 ? 0 : -1;
+        }
+    }
+    return 1;
 }
 
 static PyObject *
@@ -220,19 +239,157 @@ core_put(RingCore *self, PyObject *item)
     self->head = head;
     self->bytes += n;
     self->messages++;
-    __atomic_store_n(&hdr[W_HEAD], (uint64_t)head, __ATOMIC_RELEASE);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* StoreLoad: head, then the generation */
-    uint64_t seq = load(&hdr[W_RX_SEQ]);
-    if (seq & 1) {
-        int r = wake_peer(self, seq);
-        if (r < 0) {
-            return NULL;
+    int r = publish(self, W_HEAD, head, W_RX_SEQ);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(r ? PUT_SENT : PUT_CLOSED);
+}
+
+/* receive_lease's plain record: (offset of the payload in the data area,
+ * its length, tail after it), counted as received; None for the Python
+ * steps (padding, a batch record, corruption, closed). The caller made sure
+ * something is there. */
+static PyObject *
+core_lease(RingCore *self, PyObject *unused)
+{
+    uint64_t *hdr = self->hdr;
+    if (self->closed || hdr == NULL) {
+        Py_RETURN_NONE;
+    }
+    long long cap = self->cap, tail = self->tail, head = self->head;
+    if (head == tail) {
+        uint64_t raw = load(&hdr[W_HEAD]);
+        if (raw <= (uint64_t)tail || raw - (uint64_t)tail > (uint64_t)cap) {
+            Py_RETURN_NONE;
         }
-        if (r > 0) {
-            return PyLong_FromLong(PUT_CLOSED);
+        head = (long long)raw;
+        self->head = head;
+    }
+    long long off = tail & (cap - 1);
+    uint64_t word = *(uint64_t *)(self->data + off);
+    if ((word & 1) || (word >> 1) > (uint64_t)cap) {
+        Py_RETURN_NONE;
+    }
+    long long n = (long long)(word >> 1);
+    long long size = 8 + ((n + 7) & -8);
+    if (size > head - tail || off + size > cap) {
+        Py_RETURN_NONE;
+    }
+    self->messages++;
+    self->bytes += n;
+    return Py_BuildValue("(LLL)", off + 8, n, tail + size);
+}
+
+/* A lease ended: give its room back up to tail (and ring a sender waiting
+ * for it). 1 done, 0 for the Python steps. */
+static PyObject *
+core_release(RingCore *self, PyObject *arg)
+{
+    long long tail = PyLong_AsLongLong(arg);
+    if (tail == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->closed || self->hdr == NULL) {
+        return PyLong_FromLong(0);
+    }
+    if (tail == self->tail) {
+        return PyLong_FromLong(1);
+    }
+    self->tail = tail;
+    int r = publish(self, W_TAIL, tail, W_TX_SEQ);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(r);
+}
+
+/* loan(n)'s room: (offset of the payload in the data area, head before
+ * (padding included), head where the record starts) if it fits now; else
+ * 0 no room (_need set), -1 closed, -2 broken, -3 the Python steps. */
+static PyObject *
+core_loan(RingCore *self, PyObject *arg)
+{
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    uint64_t *hdr = self->hdr;
+    if (self->closed || hdr == NULL) {
+        return PyLong_FromLong(PUT_CLOSED);
+    }
+    if (load(&hdr[W_RX_CLOSED]) || self->peer_gone) {
+        return PyLong_FromLong(PUT_BROKEN);
+    }
+    long long cap = self->cap, head = self->head;
+    if (n < 0 || n > cap / 2 - 8) {
+        return PyLong_FromLong(PUT_PYTHON);
+    }
+    long long off = head & (cap - 1);
+    long long size = 8 + ((n + 7) & -8);
+    long long to_end = cap - off;
+    long long need = size <= to_end ? size : to_end + size;
+    if (cap - (head - self->tail) < need) {
+        uint64_t raw = load(&hdr[W_TAIL]);
+        if (raw > (uint64_t)head || (uint64_t)head - raw > (uint64_t)cap) {
+            return PyLong_FromLong(PUT_PYTHON);
+        }
+        self->tail = (long long)raw;
+        if (cap - (head - self->tail) < need) {
+            self->need = need;
+            return PyLong_FromLong(PUT_FULL);
         }
     }
-    return PyLong_FromLong(PUT_SENT);
+    long long start = head;
+    if (size > to_end) {
+        head += to_end;
+        off = 0;
+    }
+    return Py_BuildValue("(LLL)", off + 8, start, head);
+}
+
+/* commit(n) of a loan made at (start, head): the padding word if any, the
+ * record word, then publish. 1 sent, -1 closed, -2 broken, -3 Python. */
+static PyObject *
+core_commit(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_ccommit(start, head, n)");
+        return NULL;
+    }
+    long long start = PyLong_AsLongLong(args[0]);
+    long long head = PyLong_AsLongLong(args[1]);
+    long long n = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    uint64_t *hdr = self->hdr;
+    if (self->closed || hdr == NULL) {
+        return PyLong_FromLong(PUT_CLOSED);
+    }
+    if (load(&hdr[W_RX_CLOSED]) || self->peer_gone) {
+        return PyLong_FromLong(PUT_BROKEN);
+    }
+    long long cap = self->cap, mask = cap - 1;
+    /* what loan() lent: the record at head, after padding from start */
+    if (start != self->head || head < start || head - start >= cap || n < 0
+        || n > cap / 2 - 8 || (head & mask) + 8 + ((n + 7) & -8) > cap) {
+        return PyLong_FromLong(PUT_PYTHON);
+    }
+    unsigned char *data = self->data;
+    if (head != start) {
+        *(uint64_t *)(data + (start & mask)) = 1; /* padding to the end */
+    }
+    *(uint64_t *)(data + (head & mask)) = (uint64_t)n << 1;
+    self->bytes += n;
+    self->messages++;
+    head += 8 + ((n + 7) & -8);
+    self->head = head;
+    int r = publish(self, W_HEAD, head, W_RX_SEQ);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(r ? PUT_SENT : PUT_CLOSED);
 }
 
 static PyObject *
@@ -273,10 +430,7 @@ core_take(RingCore *self, PyObject *unused)
     self->tail = tail;
     self->messages++;
     self->bytes += n;
-    __atomic_store_n(&hdr[W_TAIL], (uint64_t)tail, __ATOMIC_RELEASE);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* StoreLoad: tail, then the generation */
-    uint64_t seq = load(&hdr[W_TX_SEQ]);
-    if ((seq & 1) && wake_peer(self, seq) < 0) {
+    if (publish(self, W_TAIL, tail, W_TX_SEQ) < 0) {
         Py_DECREF(item);
         return NULL;
     }
@@ -354,6 +508,18 @@ static PyMethodDef core_methods[] = {
      "-3 the Python path decides."},
     {"_ctake", (PyCFunction)core_take, METH_NOARGS,
      "_ctake() -> the next plain record as bytes, or None: the Python path decides."},
+    {"_clease", (PyCFunction)core_lease, METH_NOARGS,
+     "_clease() -> (payload offset, length, tail after) of the plain record "
+     "at tail, counted as received, or None: the Python steps decide."},
+    {"_crelease", (PyCFunction)core_release, METH_O,
+     "_crelease(tail) -> 1 the room up to tail given back (and the sender "
+     "rung if it waits), 0 the Python steps decide."},
+    {"_cloan", (PyCFunction)core_loan, METH_O,
+     "_cloan(n) -> (payload offset, head before, record head), or 0 no room "
+     "(_need set), -1 closed, -2 broken, -3 the Python steps decide."},
+    {"_ccommit", (PyCFunction)(void (*)(void))core_commit, METH_FASTCALL,
+     "_ccommit(start, head, n) -> 1 sent, -1 closed, -2 broken, -3 the Python "
+     "steps decide."},
     {"_cready", (PyCFunction)core_ready, METH_NOARGS,
      "_cready() -> 1 a message is there, 0 asleep (call _cwoke() after the "
      "wait), -1 the Python steps decide."},

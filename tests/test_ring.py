@@ -526,8 +526,42 @@ async def test_loan() -> None:
             assert await rx.receive() == bytes([i]) * 1000
         with pytest.raises(aipc.LimitExceededError):
             await tx.loan(SMALL)
+        # leases wrap too, and a loan waits for the room a lease gives back
+        for i in range(20):
+            with await tx.loan(1500) as buf:
+                buf[:] = bytes([i]) * 1500
+            if i % 2:
+                with await rx.receive_lease() as data:
+                    assert bytes(data) == bytes([i - 1]) * 1500
+                with await rx.receive_lease() as data:
+                    assert bytes(data) == bytes([i]) * 1500
+        with anyio.fail_after(5):
+            await tx.send(bytes(1500))
+            await tx.send(bytes(1500))
+            async with anyio.create_task_group() as tg:
+                lease = await rx.receive_lease()
+                waits = tx.statistics().waits
+
+                async def lend() -> None:
+                    with await tx.loan(1500) as buf:
+                        buf[:] = b"w" * 1500
+
+                tg.start_soon(lend)
+                await anyio.wait_all_tasks_blocked()
+                assert tx.statistics().waits == waits + 1  # no room yet
+                lease.release()
+        assert await rx.receive() == bytes(1500)
+        assert await rx.receive() == b"w" * 1500
         held = await tx.loan(8)
     assert held.done
+    # a commit after the receiver closed sends nothing
+    rx, tx = aipc.create_ring(SMALL)
+    async with tx:
+        loan = await tx.loan(8)
+        await rx.aclose()
+        with pytest.raises(anyio.BrokenResourceError, match="receiver is closed"):
+            loan.commit()
+        assert tx.statistics().messages == 0
 
 
 async def test_corrupt_ring_is_detected() -> None:
