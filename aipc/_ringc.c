@@ -165,19 +165,105 @@ core_unbind(RingCore *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-core_put(RingCore *self, PyObject *item)
+/* Whether an n-byte record fits at head now (a padding record first if it
+ * does not fit before the end of the area). PUT_SENT: it fits, and *rec is
+ * where the record starts (self->head, or 0 mod cap after padding); else
+ * PUT_FULL (self->need set), PUT_CLOSED, PUT_BROKEN or PUT_PYTHON. */
+static int
+room(RingCore *self, long long n, long long *rec)
 {
     uint64_t *hdr = self->hdr;
     if (self->closed || hdr == NULL) {
-        return PyLong_FromLong(PUT_CLOSED);
+        return PUT_CLOSED;
     }
     if (load(&hdr[W_RX_CLOSED]) || self->peer_gone) {
-        return PyLong_FromLong(PUT_BROKEN);
+        return PUT_BROKEN;
     }
+    long long cap = self->cap, head = self->head;
+    if (n < 0 || n > cap / 2 - 8) {
+        return PUT_PYTHON; /* the caller checks the size first */
+    }
+    long long off = head & (cap - 1);
+    long long size = 8 + ((n + 7) & -8);
+    long long to_end = cap - off;
+    long long need = size <= to_end ? size : to_end + size;
+    if (cap - (head - self->tail) < need) {
+        /* the receiver's word: a peer may have written anything there */
+        uint64_t raw = load(&hdr[W_TAIL]);
+        if (raw > (uint64_t)head || (uint64_t)head - raw > (uint64_t)cap) {
+            return PUT_PYTHON; /* corrupt: the Python steps raise */
+        }
+        self->tail = (long long)raw;
+        if (cap - (head - self->tail) < need) {
+            self->need = need;
+            return PUT_FULL;
+        }
+    }
+    *rec = size > to_end ? head + to_end : head;
+    return PUT_SENT;
+}
+
+/* The n-byte record at rec is written: its word (and the padding from
+ * self->head to rec, if any), then the count and the publish of head. */
+static PyObject *
+send_record(RingCore *self, long long rec, long long n)
+{
+    long long mask = self->cap - 1;
+    unsigned char *data = self->data;
+    if (rec != self->head) {
+        *(uint64_t *)(data + (self->head & mask)) = 1; /* padding to the end */
+    }
+    *(uint64_t *)(data + (rec & mask)) = (uint64_t)n << 1;
+    self->bytes += n;
+    self->messages++;
+    self->head = rec + 8 + ((n + 7) & -8);
+    int r = publish(self, W_HEAD, self->head, W_RX_SEQ);
+    if (r < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(r ? PUT_SENT : PUT_CLOSED);
+}
+
+/* The plain record at tail: the offset of its payload in the data area,
+ * with *n its length and *after the tail after it; -1 when the Python steps
+ * decide (nothing there, padding, a batch record, corruption, closed). */
+static long long
+plain_record(RingCore *self, long long *n, long long *after)
+{
+    uint64_t *hdr = self->hdr;
+    if (self->closed || hdr == NULL) {
+        return -1;
+    }
+    long long cap = self->cap, tail = self->tail, head = self->head;
+    if (head == tail) {
+        /* the sender's word: a peer may have written anything there */
+        uint64_t raw = load(&hdr[W_HEAD]);
+        if (raw <= (uint64_t)tail || raw - (uint64_t)tail > (uint64_t)cap) {
+            return -1;
+        }
+        head = (long long)raw;
+        self->head = head;
+    }
+    long long off = tail & (cap - 1);
+    uint64_t word = *(uint64_t *)(self->data + off);
+    if ((word & 1) || (word >> 1) > (uint64_t)cap) {
+        return -1;
+    }
+    long long size = 8 + (((long long)(word >> 1) + 7) & -8);
+    if (size > head - tail || off + size > cap) {
+        return -1;
+    }
+    *n = (long long)(word >> 1);
+    *after = tail + size;
+    return off + 8;
+}
+
+static PyObject *
+core_put(RingCore *self, PyObject *item)
+{
     Py_buffer view;
     const char *src;
-    long long n;
+    long long n, rec;
     int release = 0;
     if (PyBytes_CheckExact(item)) {
         src = PyBytes_AS_STRING(item);
@@ -191,94 +277,33 @@ core_put(RingCore *self, PyObject *item)
         n = view.len;
         release = 1;
     }
-    long long cap = self->cap, head = self->head;
-    if (n > cap / 2 - 8) {
-        /* the caller checks the size first; never write past the area */
-        if (release) {
-            PyBuffer_Release(&view);
-        }
-        return PyLong_FromLong(PUT_PYTHON);
-    }
-    long long off = head & (cap - 1);
-    long long size = 8 + ((n + 7) & -8);
-    long long to_end = cap - off;
-    long long need = size <= to_end ? size : to_end + size;
-    if (cap - (head - self->tail) < need) {
-        /* the receiver's word: a peer may have written anything there */
-        uint64_t raw = load(&hdr[W_TAIL]);
-        long long tail = (long long)raw;
-        if (raw > (uint64_t)head || (uint64_t)head - raw > (uint64_t)cap) {
-            if (release) {
-                PyBuffer_Release(&view);
-            }
-            return PyLong_FromLong(PUT_PYTHON);
-        }
-        self->tail = tail;
-        if (cap - (head - tail) < need) {
-            if (release) {
-                PyBuffer_Release(&view);
-            }
-            self->need = need;
-            return PyLong_FromLong(PUT_FULL);
-        }
-    }
-    unsigned char *data = self->data;
-    if (size > to_end) {
-        *(uint64_t *)(data + off) = 1; /* padding to the end of the area */
-        head += to_end;
-        off = 0;
-    }
-    *(uint64_t *)(data + off) = (uint64_t)n << 1;
-    if (n) {
-        memcpy(data + off + 8, src, (size_t)n);
+    int code = room(self, n, &rec);
+    if (code == PUT_SENT && n) {
+        memcpy(self->data + (rec & (self->cap - 1)) + 8, src, (size_t)n);
     }
     if (release) {
         PyBuffer_Release(&view);
     }
-    head += size;
-    self->head = head;
-    self->bytes += n;
-    self->messages++;
-    int r = publish(self, W_HEAD, head, W_RX_SEQ);
-    if (r < 0) {
-        return NULL;
+    if (code != PUT_SENT) {
+        return PyLong_FromLong(code);
     }
-    return PyLong_FromLong(r ? PUT_SENT : PUT_CLOSED);
+    return send_record(self, rec, n);
 }
 
 /* receive_lease's plain record: (offset of the payload in the data area,
  * its length, tail after it), counted as received; None for the Python
- * steps (padding, a batch record, corruption, closed). The caller made sure
- * something is there. */
+ * steps. The caller made sure something is there. */
 static PyObject *
 core_lease(RingCore *self, PyObject *unused)
 {
-    uint64_t *hdr = self->hdr;
-    if (self->closed || hdr == NULL) {
-        Py_RETURN_NONE;
-    }
-    long long cap = self->cap, tail = self->tail, head = self->head;
-    if (head == tail) {
-        uint64_t raw = load(&hdr[W_HEAD]);
-        if (raw <= (uint64_t)tail || raw - (uint64_t)tail > (uint64_t)cap) {
-            Py_RETURN_NONE;
-        }
-        head = (long long)raw;
-        self->head = head;
-    }
-    long long off = tail & (cap - 1);
-    uint64_t word = *(uint64_t *)(self->data + off);
-    if ((word & 1) || (word >> 1) > (uint64_t)cap) {
-        Py_RETURN_NONE;
-    }
-    long long n = (long long)(word >> 1);
-    long long size = 8 + ((n + 7) & -8);
-    if (size > head - tail || off + size > cap) {
+    long long n, after;
+    long long start = plain_record(self, &n, &after);
+    if (start < 0) {
         Py_RETURN_NONE;
     }
     self->messages++;
     self->bytes += n;
-    return Py_BuildValue("(LLL)", off + 8, n, tail + size);
+    return Py_BuildValue("(LLL)", start, n, after);
 }
 
 /* A lease ended: give its room back up to tail (and ring a sender waiting
@@ -310,42 +335,15 @@ core_release(RingCore *self, PyObject *arg)
 static PyObject *
 core_loan(RingCore *self, PyObject *arg)
 {
-    long long n = PyLong_AsLongLong(arg);
+    long long n = PyLong_AsLongLong(arg), rec;
     if (n == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    uint64_t *hdr = self->hdr;
-    if (self->closed || hdr == NULL) {
-        return PyLong_FromLong(PUT_CLOSED);
+    int code = room(self, n, &rec);
+    if (code != PUT_SENT) {
+        return PyLong_FromLong(code);
     }
-    if (load(&hdr[W_RX_CLOSED]) || self->peer_gone) {
-        return PyLong_FromLong(PUT_BROKEN);
-    }
-    long long cap = self->cap, head = self->head;
-    if (n < 0 || n > cap / 2 - 8) {
-        return PyLong_FromLong(PUT_PYTHON);
-    }
-    long long off = head & (cap - 1);
-    long long size = 8 + ((n + 7) & -8);
-    long long to_end = cap - off;
-    long long need = size <= to_end ? size : to_end + size;
-    if (cap - (head - self->tail) < need) {
-        uint64_t raw = load(&hdr[W_TAIL]);
-        if (raw > (uint64_t)head || (uint64_t)head - raw > (uint64_t)cap) {
-            return PyLong_FromLong(PUT_PYTHON);
-        }
-        self->tail = (long long)raw;
-        if (cap - (head - self->tail) < need) {
-            self->need = need;
-            return PyLong_FromLong(PUT_FULL);
-        }
-    }
-    long long start = head;
-    if (size > to_end) {
-        head += to_end;
-        off = 0;
-    }
-    return Py_BuildValue("(LLL)", off + 8, start, head);
+    return Py_BuildValue("(LLL)", (rec & (self->cap - 1)) + 8, self->head, rec);
 }
 
 /* commit(n) of a loan made at (start, head): the padding word if any, the
@@ -358,79 +356,42 @@ core_commit(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     long long start = PyLong_AsLongLong(args[0]);
-    long long head = PyLong_AsLongLong(args[1]);
+    long long rec = PyLong_AsLongLong(args[1]);
     long long n = PyLong_AsLongLong(args[2]);
     if (PyErr_Occurred()) {
         return NULL;
     }
-    uint64_t *hdr = self->hdr;
-    if (self->closed || hdr == NULL) {
+    if (self->closed || self->hdr == NULL) {
         return PyLong_FromLong(PUT_CLOSED);
     }
-    if (load(&hdr[W_RX_CLOSED]) || self->peer_gone) {
+    if (load(&self->hdr[W_RX_CLOSED]) || self->peer_gone) {
         return PyLong_FromLong(PUT_BROKEN);
     }
-    long long cap = self->cap, mask = cap - 1;
-    /* what loan() lent: the record at head, after padding from start */
-    if (start != self->head || head < start || head - start >= cap || n < 0
-        || n > cap / 2 - 8 || (head & mask) + 8 + ((n + 7) & -8) > cap) {
+    long long cap = self->cap;
+    /* what loan() lent: the record at rec, after padding from start */
+    if (start != self->head || rec < start || rec - start >= cap || n < 0
+        || n > cap / 2 - 8 || (rec & (cap - 1)) + 8 + ((n + 7) & -8) > cap) {
         return PyLong_FromLong(PUT_PYTHON);
     }
-    unsigned char *data = self->data;
-    if (head != start) {
-        *(uint64_t *)(data + (start & mask)) = 1; /* padding to the end */
-    }
-    *(uint64_t *)(data + (head & mask)) = (uint64_t)n << 1;
-    self->bytes += n;
-    self->messages++;
-    head += 8 + ((n + 7) & -8);
-    self->head = head;
-    int r = publish(self, W_HEAD, head, W_RX_SEQ);
-    if (r < 0) {
-        return NULL;
-    }
-    return PyLong_FromLong(r ? PUT_SENT : PUT_CLOSED);
+    return send_record(self, rec, n);
 }
 
 static PyObject *
 core_take(RingCore *self, PyObject *unused)
 {
-    uint64_t *hdr = self->hdr;
-    if (self->closed || hdr == NULL) {
+    long long n, after;
+    long long start = plain_record(self, &n, &after);
+    if (start < 0) {
         Py_RETURN_NONE;
     }
-    long long cap = self->cap, tail = self->tail, head = self->head;
-    if (head == tail) {
-        /* the sender's word: a peer may have written anything there */
-        uint64_t raw = load(&hdr[W_HEAD]);
-        if (raw <= (uint64_t)tail || raw - (uint64_t)tail > (uint64_t)cap) {
-            Py_RETURN_NONE; /* empty, or corrupt: the Python path says which */
-        }
-        head = (long long)raw;
-        self->head = head;
-    }
-    long long off = tail & (cap - 1);
-    uint64_t word = *(uint64_t *)(self->data + off);
-    if (word & 1) {
-        Py_RETURN_NONE; /* padding or a batch record */
-    }
-    if ((word >> 1) > (uint64_t)cap) {
-        Py_RETURN_NONE; /* corrupt */
-    }
-    long long n = (long long)(word >> 1);
-    long long size = 8 + ((n + 7) & -8);
-    if (size > head - tail || off + size > cap) {
-        Py_RETURN_NONE; /* corrupt */
-    }
-    PyObject *item = PyBytes_FromStringAndSize((const char *)self->data + off + 8, n);
+    PyObject *item = PyBytes_FromStringAndSize((const char *)self->data + start, n);
     if (item == NULL) {
         return NULL;
     }
-    tail += size;
-    self->tail = tail;
+    self->tail = after;
     self->messages++;
     self->bytes += n;
-    if (publish(self, W_TAIL, tail, W_TX_SEQ) < 0) {
+    if (publish(self, W_TAIL, after, W_TX_SEQ) < 0) {
         Py_DECREF(item);
         return NULL;
     }
