@@ -653,6 +653,15 @@ def _validate_segment(memfd: int, mode: int) -> None:
         or st.st_size < _HEADER_SIZE + cap
     ):
         raise ValueError(f"fd {memfd} is a ring with a corrupt header")
+    head, tail = struct.unpack(
+        "QQ", os.pread(memfd, 8, _W_HEAD * 8) + os.pread(memfd, 8, _W_TAIL * 8)
+    )
+    if head >= 1 << 63 or not 0 <= head - tail <= cap:
+        # (the compiled helper keeps them in signed 64-bit fields: a ring
+        # moves 2**63 bytes in three years at 100 GB/s)
+        raise ValueError(
+            f"fd {memfd} is a ring with a corrupt header (head {head}, tail {tail})"
+        )
     cursor = struct.unpack("Q", os.pread(memfd, 8, _W_RX_CURSOR * 8))[0]
     if mode == _MESSAGES and cursor:
         # a receiver handed off inside a batch: the record at tail must be

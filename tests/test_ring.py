@@ -436,6 +436,24 @@ async def test_handoff_with_a_corrupt_cursor_is_refused() -> None:
             rx._handed_off = False
 
 
+async def test_handoff_with_a_corrupt_head_is_refused() -> None:
+    # head and tail must make sense before an end is rebuilt on them
+    for word, value in ((_ring._W_HEAD, 2**64 - 8), (_ring._W_TAIL, 64)):
+        rx, tx = aipc.create_ring(SMALL)
+        async with rx, tx:
+            fds = rx._aipc_handoff_()[1]
+            rx._hdr[word] = value  # a peer writing nonsense
+            copies = tuple(os.dup(fd) for fd in fds)
+            try:
+                with pytest.raises(ValueError, match="corrupt header \\(head"):
+                    aipc.RingReceiver._from_handoff(copies, {})
+            finally:
+                for fd in copies:
+                    os.close(fd)  # still ours: the failed rebuild gave them back
+            rx._hdr[word] = 0
+            rx._handed_off = False
+
+
 async def test_corrupt_batch_is_detected() -> None:
     for word, value in ((1, 10**6), (2, 1 << 32)):  # a count, a length
         rx, tx = aipc.create_ring(SMALL)
