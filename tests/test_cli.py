@@ -347,6 +347,14 @@ def test_bench_ring_rows_beside_iceoryx2_leave_nothing_behind(
     assert _iceoryx2_files() == before
 
 
+def _sigint_as_a_terminal_sends_it() -> None:
+    # A shell without job control starts background commands with SIGINT
+    # ignored, and a Python started so keeps ignoring it: run that way (as a
+    # CI job may be), the bench never saw the test's Ctrl-C and ran to its
+    # end. The bench itself rightly keeps an ignored SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_bench(
     mechanisms: str,
     while_measuring: Callable[[], None] = lambda: None,
@@ -358,15 +366,20 @@ def _interrupt_bench(
     cmd = [sys.executable, "-W", "error", "-m", "aipc", "bench"]
     cmd += ["--mechanism", mechanisms, "--placement", "same-core"]
     with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        preexec_fn=_sigint_as_a_terminal_sends_it,
     ) as proc:
         assert proc.stderr is not None
         for line in proc.stderr:  # measuring: every group is up
             if line.startswith("[2/"):
                 break
-        # Held where it is until the signal is pending: on a loaded machine
-        # the run went on to its end (4 s) before the signal arrived, and
-        # exited 0. The signal is handled as soon as it continues.
+        # Held where it is until the signal is pending, so that the run
+        # cannot reach its end (4 s) first on a loaded machine; the signal
+        # is handled as soon as it continues.
         os.kill(proc.pid, signal.SIGSTOP)
         try:
             while_measuring()
