@@ -88,10 +88,19 @@ wake_peer(RingCore *self, uint64_t seq)
         return 1;
     }
     uint64_t one = 1;
-    if (write(self->peer_fd, &one, sizeof one) < 0 && errno != EAGAIN) {
-        /* EAGAIN: the count is at its maximum, the peer is woken anyway */
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
+    while (write(self->peer_fd, &one, sizeof one) < 0) {
+        if (errno == EAGAIN) {
+            break; /* the count is at its maximum: the peer is woken anyway */
+        }
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        /* as os.eventfd_write does (PEP 475): run the signal handlers, and
+         * retry unless one of them raised */
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
     }
     self->wakeups++;
     return 0;
