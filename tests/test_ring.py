@@ -1009,6 +1009,86 @@ async def test_a_million_messages_byte_exact(backend_id: str) -> None:
     assert line.decode() == f"{content.hexdigest()} {sizes_hash.hexdigest()}"
 
 
+CHILD_ECHO_LOANS = (
+    CHILD
+    + """
+from aipc import _ring
+async def main():
+    rx = aipc.inherit("rx", aipc.RingReceiver)
+    tx = aipc.inherit("tx", aipc.RingSender)
+    print(_ring._FAST, flush=True)
+    async with rx, tx:
+        i = 0
+        while True:
+            try:
+                if i % 3:
+                    data = await rx.receive()
+                else:
+                    with await rx.receive_lease() as view:
+                        data = bytes(view)
+            except anyio.EndOfStream:
+                break
+            if i % 2:
+                await tx.send(data)
+            else:
+                with await tx.loan(len(data)) as buf:
+                    buf[:] = data
+            i += 1
+run_backend(main, backend)
+"""
+)
+
+
+async def test_compiled_and_python_steps_share_a_ring(
+    backend_id: str, ring_steps: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ring's format is the same whichever steps run it: a child on the
+    other build (the pure one when this process runs the compiled steps, the
+    compiled one otherwise) echoes messages of random sizes through small
+    rings, so that records wrap and padding records are frequent, with
+    send / loan and receive / receive_lease in turn on both sides."""
+    if _ring._ringc is None:
+        pytest.skip("the C helper is not built (no compiler at install?)")
+    if ring_steps == "compiled":
+        monkeypatch.setenv("AIPC_PURE_PYTHON", "1")
+    else:
+        monkeypatch.delenv("AIPC_PURE_PYTHON")
+    rng = random.Random()
+    out_rx, out_tx = aipc.create_ring(SMALL)
+    back_rx, back_tx = aipc.create_ring(SMALL)
+    async with (
+        out_tx,
+        back_rx,
+        aipc_child(
+            CHILD_ECHO_LOANS,
+            handoff={"rx": out_rx, "tx": back_tx},
+            args=[backend_id],
+        ) as (proc, stdout),
+    ):
+        await out_rx.aclose()
+        await back_tx.aclose()
+        with anyio.fail_after(60):
+            assert await read_line(stdout) == (
+                b"False" if ring_steps == "compiled" else b"True"
+            )
+            for i in range(3000):
+                data = rng.randbytes(rng.choice((0, 1, 7, 8, 9, 100, 1000, 2040)))
+                if i % 2:
+                    await out_tx.send(data)
+                else:
+                    with await out_tx.loan(len(data)) as buf:
+                        buf[:] = data
+                if i % 3:
+                    assert await back_rx.receive() == data
+                else:
+                    with await back_rx.receive_lease() as view:
+                        assert view == data
+            await out_tx.aclose()
+            with pytest.raises(anyio.EndOfStream):
+                await back_rx.receive()
+            assert await proc.wait() == 0
+
+
 CHILD_SENDER_FOREVER = (
     CHILD
     + """
