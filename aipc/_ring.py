@@ -219,8 +219,9 @@ _ringc = _load_helper()
 #: The base class of the ring ends: the compiled one keeps their hot state in
 #: C fields, read and written as the same attributes.
 _RingBase: type = object if _ringc is None else _ringc.RingCore
-#: Whether send and receive take their compiled steps (``_cput``,
-#: ``_ctake``). Tests turn it off to run the Python steps on the same build.
+#: Whether the ring ends take their compiled steps (send, receive, the
+#: receiver's sleep, loan, commit, receive_lease, release). Tests turn it off
+#: to run the Python steps on the same build.
 _FAST = _ringc is not None
 
 
