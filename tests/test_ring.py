@@ -319,6 +319,69 @@ async def _set_event(event: Any) -> None:
     event.set()
 
 
+async def test_spinning_send_finds_room(ring_steps: str) -> None:
+    # a sender waiting for room spins first; a receive in another thread,
+    # let go only once the spin has begun, frees the room the spin finds
+    import threading
+
+    rx, tx = aipc.create_ring(SMALL, spin_us=1_000_000)
+    while True:
+        try:
+            tx.send_nowait(bytes(1000))
+        except anyio.WouldBlock:
+            break
+    go = threading.Event()
+    taken: list[bytes] = []
+    # the step the spin repeats: compiled, or the Python one
+    step = "_cspin" if ring_steps == "compiled" else "_ready"
+    real = getattr(tx, step)
+
+    def spinning(*args: Any) -> Any:
+        go.set()
+        return real(*args)
+
+    setattr(tx, step, spinning)
+
+    def consume() -> None:
+        go.wait(10)
+        taken.append(rx.receive_nowait())
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    try:
+        async with rx, tx:
+            with anyio.fail_after(10):
+                await tx.send(b"x" * 1000)
+            stats = tx.statistics()
+            assert (stats.spins, stats.waits) == (1, 0)
+            assert taken == [bytes(1000)]
+            assert (await rx.receive_many())[-1] == b"x" * 1000
+    finally:
+        go.set()
+        thread.join()
+
+
+async def test_spin_that_finds_nothing_sleeps() -> None:
+    # nothing in this process can free room during a synchronous spin: it
+    # ends after its budget, and the sender sleeps until a receive rings it
+    rx, tx = aipc.create_ring(SMALL, spin_us=50)
+    while True:
+        try:
+            tx.send_nowait(bytes(1000))
+        except anyio.WouldBlock:
+            break
+    async with rx, tx, anyio.create_task_group() as tg:
+        tg.start_soon(tx.send, b"x" * 1000)
+        with anyio.fail_after(10):
+            await anyio.wait_all_tasks_blocked()
+            stats = tx.statistics()
+            assert (stats.spins, stats.waits) == (0, 1)
+            assert rx.receive_nowait() == bytes(1000)  # rings the sender
+            while (item := await rx.receive()) == bytes(1000):
+                pass
+            assert item == b"x" * 1000
+
+
 async def test_batches() -> None:
     rx, tx = aipc.create_ring(SMALL)
     async with rx, tx:
