@@ -92,13 +92,13 @@ C fields, which the Python code here reads and writes as plain attributes,
 and runs the per-message steps in C: ``_cput`` (send's ``_write`` and
 ``_publish_head``), ``_ctake`` (receive's copy of a plain record and
 ``_publish_tail``), ``_cready`` / ``_cwoke`` (the receiver's way to sleep,
-without a spin), ``_cspin`` (the spin itself), ``_clease`` / ``_crelease``
-(receive_lease's plain record, and giving its room back), ``_cloan`` /
-``_ccommit`` (loan's room, and the commit's record word and publish). They
-follow the steps here exactly and hand every unusual case (padding and batch
-records, corruption, a closed end, a dead peer) back to the Python steps,
-which raise. ``_FAST`` says whether they run; without the helper, or with
-``AIPC_PURE_PYTHON=1``, the base class is ``object``.
+without a spin), ``_clease`` / ``_crelease`` (receive_lease's plain record,
+and giving its room back), ``_cloan`` / ``_ccommit`` (loan's room, and the
+commit's record word and publish). They follow the steps here exactly and
+hand every unusual case (padding and batch records, corruption, a closed
+end, a dead peer) back to the Python steps, which raise. ``_FAST`` says
+whether they run; without the helper, or with ``AIPC_PURE_PYTHON=1``, the
+base class is ``object``.
 
 **Several producers.** The ring is single-producer single-consumer: a
 multi-producer ring needs an atomic compare-and-swap on shared memory,
@@ -212,7 +212,7 @@ def _load_helper() -> Any:
         from . import _ringc  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return _ringc if getattr(_ringc, "VERSION", None) == 4 else None
+    return _ringc if getattr(_ringc, "VERSION", None) == 3 else None
 
 
 _ringc = _load_helper()
@@ -223,8 +223,6 @@ _RingBase: type = object if _ringc is None else _ringc.RingCore
 #: receiver's sleep, loan, commit, receive_lease, release). Tests turn it off
 #: to run the Python steps on the same build.
 _FAST = _ringc is not None
-#: The longest compiled spin between two returns to the interpreter.
-_SPIN_SLICE_NS = 50_000
 
 
 def _check_platform() -> None:
@@ -373,9 +371,7 @@ class _RingEnd(_RingBase):  # type: ignore[misc]
         self._waits = self._wakeups = self._spins = 0
         if _ringc is not None:
             # the compiled steps point at the views until close() unbinds
-            self._bind(
-                self._hdr, self._data, peer_doorbell.fileno(), self._role == "sender"
-            )
+            self._bind(self._hdr, self._data, peer_doorbell.fileno())
 
     # -- construction from handed-over descriptors
 
@@ -523,16 +519,6 @@ class _RingEnd(_RingBase):  # type: ignore[misc]
 
     def _spin(self) -> bool:
         """Busy-wait up to the spin budget for the peer; whether it acted."""
-        if _FAST:
-            # in C, in slices: between two, the interpreter runs signal
-            # handlers and lets other threads have the GIL, as it does
-            # every few microseconds in the Python loop below
-            deadline = perf_counter_ns() + self._spin_ns
-            while (left := deadline - perf_counter_ns()) > 0:
-                if self._cspin(min(left, _SPIN_SLICE_NS)):
-                    self._spins += 1
-                    return True
-            return False
         ready = self._ready
         deadline = perf_counter_ns() + self._spin_ns
         while perf_counter_ns() < deadline:

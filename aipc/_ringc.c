@@ -30,7 +30,6 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 /* header word indices: keep in step with aipc/_ring.py */
@@ -49,7 +48,7 @@
 #define PUT_BROKEN -2   /* the receiver closed the ring or died */
 #define PUT_PYTHON -3   /* let the Python path decide (a corrupt tail) */
 
-#define VERSION 4
+#define VERSION 3
 
 typedef struct {
     PyObject_HEAD
@@ -67,7 +66,6 @@ typedef struct {
     int peer_fd;            /* the peer's doorbell (an eventfd) */
     char closed;
     char peer_gone;
-    char sender;            /* which end: what _cspin waits for */
 } RingCore;
 
 static inline uint64_t
@@ -130,8 +128,8 @@ publish(RingCore *self, int w, long long value, int seq_w)
 static PyObject *
 core_bind(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "_bind(header, data, peer_fd, sender)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_bind(header, data, peer_fd)");
         return NULL;
     }
     Py_buffer hdr, data;
@@ -154,15 +152,10 @@ core_bind(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     }
     /* The pointers outlive the buffers: the caller keeps both views (and the
      * mapping under them) until it calls _unbind(). */
-    int sender = ok ? PyObject_IsTrue(args[3]) : 0;
-    if (sender < 0) {
-        ok = 0;
-    }
     if (ok) {
         self->hdr = (uint64_t *)hdr.buf;
         self->data = (unsigned char *)data.buf;
         self->peer_fd = fd;
-        self->sender = (char)sender;
     }
     PyBuffer_Release(&data);
     PyBuffer_Release(&hdr);
@@ -468,56 +461,6 @@ core_woke(RingCore *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* Whether the peer acted: a receiver's head moved (or the sender closed), a
- * sender's room for _need bytes freed up (or the receiver closed). */
-static inline int
-peer_acted(RingCore *self)
-{
-    uint64_t *hdr = self->hdr;
-    if (self->sender) {
-        long long tail = (long long)load(&hdr[W_TAIL]);
-        return self->cap - (self->head - tail) >= self->need
-               || load(&hdr[W_RX_CLOSED]);
-    }
-    return load(&hdr[W_HEAD]) != (uint64_t)self->tail || load(&hdr[W_TX_CLOSED]);
-}
-
-static inline long long
-now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-/* Busy-wait up to ns nanoseconds for the peer to act: True if it did (or
- * this end is closed: the caller's re-check says so), False at the end. */
-static PyObject *
-core_spin(RingCore *self, PyObject *arg)
-{
-    long long ns = PyLong_AsLongLong(arg);
-    if (ns == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (self->closed || self->hdr == NULL) {
-        Py_RETURN_TRUE;
-    }
-    long long deadline = now_ns() + ns;
-    for (unsigned i = 1;; i++) {
-        if (peer_acted(self)) {
-            Py_RETURN_TRUE;
-        }
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause(); /* spin-wait hint: the core, its sibling */
-#elif defined(__aarch64__)
-        __asm__ __volatile__("yield");
-#endif
-        if (!(i & 31) && now_ns() >= deadline) {
-            Py_RETURN_FALSE;
-        }
-    }
-}
-
 static PyObject *
 ringc_fence(PyObject *module, PyObject *unused)
 {
@@ -527,8 +470,7 @@ ringc_fence(PyObject *module, PyObject *unused)
 
 static PyMethodDef core_methods[] = {
     {"_bind", (PyCFunction)(void (*)(void))core_bind, METH_FASTCALL,
-     "_bind(header, data, peer_fd, sender): point at the mapped views (kept by "
-     "the caller)."},
+     "_bind(header, data, peer_fd): point at the mapped views (kept by the caller)."},
     {"_unbind", (PyCFunction)core_unbind, METH_NOARGS,
      "_unbind(): forget the views and the doorbell (before they are released)."},
     {"_cput", (PyCFunction)core_put, METH_O,
@@ -548,8 +490,6 @@ static PyMethodDef core_methods[] = {
     {"_ccommit", (PyCFunction)(void (*)(void))core_commit, METH_FASTCALL,
      "_ccommit(start, head, n) -> 1 sent, -1 closed, -2 broken, -3 the Python "
      "steps decide."},
-    {"_cspin", (PyCFunction)core_spin, METH_O,
-     "_cspin(ns) -> whether the peer acted within ns nanoseconds (busy wait)."},
     {"_cready", (PyCFunction)core_ready, METH_NOARGS,
      "_cready() -> 1 a message is there, 0 asleep (call _cwoke() after the "
      "wait), -1 the Python steps decide."},
