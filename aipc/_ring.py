@@ -1488,13 +1488,10 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
         self._loan = None
         if n is None or self._closed:
             return
-        if _FAST:
-            done = self._ccommit(loan._start, loan._head, n)
-            if done > 0:
-                return
-            if done == -1:  # (unreachable: closed is checked above)
-                raise anyio.ClosedResourceError
-            # broken, or not what loan() lent: the Python steps below
+        if _FAST and self._ccommit(loan._start, loan._head, n) > 0:
+            return
+        # broken, or not what loan() lent (_ccommit wrote nothing): the
+        # Python steps below raise, or write the record themselves
         if self._hdr[_W_RX_CLOSED] or self._peer_gone:
             raise self._broken()
         dq = self._dq

@@ -174,6 +174,19 @@ core_unbind(RingCore *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* Whether this sender may send at all: PUT_SENT, PUT_CLOSED or PUT_BROKEN. */
+static int
+sendable(RingCore *self)
+{
+    if (self->closed || self->hdr == NULL) {
+        return PUT_CLOSED;
+    }
+    if (load(&self->hdr[W_RX_CLOSED]) || self->peer_gone) {
+        return PUT_BROKEN;
+    }
+    return PUT_SENT;
+}
+
 /* Whether an n-byte record fits at head now (a padding record first if it
  * does not fit before the end of the area). PUT_SENT: it fits, and *rec is
  * where the record starts (self->head, or 0 mod cap after padding); else
@@ -181,12 +194,9 @@ core_unbind(RingCore *self, PyObject *unused)
 static int
 room(RingCore *self, long long n, long long *rec)
 {
-    uint64_t *hdr = self->hdr;
-    if (self->closed || hdr == NULL) {
-        return PUT_CLOSED;
-    }
-    if (load(&hdr[W_RX_CLOSED]) || self->peer_gone) {
-        return PUT_BROKEN;
+    int code = sendable(self);
+    if (code != PUT_SENT) {
+        return code;
     }
     long long cap = self->cap, head = self->head;
     if (n < 0 || n > cap / 2 - 8) {
@@ -198,7 +208,7 @@ room(RingCore *self, long long n, long long *rec)
     long long need = size <= to_end ? size : to_end + size;
     if (cap - (head - self->tail) < need) {
         /* the receiver's word: a peer may have written anything there */
-        uint64_t raw = load(&hdr[W_TAIL]);
+        uint64_t raw = load(&self->hdr[W_TAIL]);
         if (raw > (uint64_t)head || (uint64_t)head - raw > (uint64_t)cap) {
             return PUT_PYTHON; /* corrupt: the Python steps raise */
         }
@@ -370,11 +380,9 @@ core_commit(RingCore *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (self->closed || self->hdr == NULL) {
-        return PyLong_FromLong(PUT_CLOSED);
-    }
-    if (load(&self->hdr[W_RX_CLOSED]) || self->peer_gone) {
-        return PyLong_FromLong(PUT_BROKEN);
+    int code = sendable(self);
+    if (code != PUT_SENT) {
+        return PyLong_FromLong(code);
     }
     long long cap = self->cap;
     /* what loan() lent: the record at rec, after padding from start */

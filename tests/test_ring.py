@@ -9,7 +9,10 @@ import hashlib
 import os
 import random
 import struct
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -281,23 +284,41 @@ async def test_cancellation_takes_and_sends_nothing() -> None:
             rx.receive_nowait()
 
 
+def _fill(tx: aipc.RingSender) -> None:
+    """Send 1000-byte messages until the ring has no room for another."""
+    while True:
+        try:
+            tx.send_nowait(bytes(1000))
+        except anyio.WouldBlock:
+            return
+
+
+@contextmanager
+def _after(go: threading.Event, action: Callable[[], object]) -> Iterator[None]:
+    """Run ``action`` in a thread once ``go`` is set (set on exit at the
+    latest); the thread is joined on exit."""
+
+    def run() -> None:
+        go.wait(10)
+        action()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield
+    finally:
+        go.set()
+        thread.join()
+
+
 async def test_spinning_receive_yields_before_it_spins(
     anyio_backend_name: str,
 ) -> None:
     # the schedule point comes first, while the ring is empty; a message the
     # spin then finds is returned without another pass of the event loop
-    import threading
-
     rx, tx = aipc.create_ring(SMALL, spin_us=1_000_000)  # the most allowed
     go = threading.Event()
-
-    def produce() -> None:
-        go.wait(10)
-        tx.send_nowait(b"spun")
-
-    thread = threading.Thread(target=produce)
-    thread.start()
-    try:
+    with _after(go, lambda: tx.send_nowait(b"spun")):
         async with rx, tx, anyio.create_task_group() as tg:
             # runs in the receive's own yield, before its spin
             tg.start_soon(_set_event, go)
@@ -310,9 +331,6 @@ async def test_spinning_receive_yields_before_it_spins(
                 # then spins before the thread can send, and sleeps
                 assert (stats.spins, stats.waits) == (1, 0)
             assert stats.spins + stats.waits == 1
-    finally:
-        go.set()
-        thread.join()
 
 
 async def _set_event(event: Any) -> None:
@@ -322,14 +340,8 @@ async def _set_event(event: Any) -> None:
 async def test_spinning_send_finds_room() -> None:
     # a sender waiting for room spins first; a receive in another thread,
     # let go only once the spin has begun, frees the room the spin finds
-    import threading
-
     rx, tx = aipc.create_ring(SMALL, spin_us=1_000_000)
-    while True:
-        try:
-            tx.send_nowait(bytes(1000))
-        except anyio.WouldBlock:
-            break
+    _fill(tx)
     go = threading.Event()
     taken: list[bytes] = []
     real = tx._ready  # what the spin repeats
@@ -339,14 +351,7 @@ async def test_spinning_send_finds_room() -> None:
         return real()
 
     tx._ready = spinning  # type: ignore[method-assign]
-
-    def consume() -> None:
-        go.wait(10)
-        taken.append(rx.receive_nowait())
-
-    thread = threading.Thread(target=consume)
-    thread.start()
-    try:
+    with _after(go, lambda: taken.append(rx.receive_nowait())):
         async with rx, tx:
             with anyio.fail_after(10):
                 await tx.send(b"x" * 1000)
@@ -354,20 +359,13 @@ async def test_spinning_send_finds_room() -> None:
             assert (stats.spins, stats.waits) == (1, 0)
             assert taken == [bytes(1000)]
             assert (await rx.receive_many())[-1] == b"x" * 1000
-    finally:
-        go.set()
-        thread.join()
 
 
 async def test_spin_that_finds_nothing_sleeps() -> None:
     # nothing in this process can free room during a synchronous spin: it
     # ends after its budget, and the sender sleeps until a receive rings it
     rx, tx = aipc.create_ring(SMALL, spin_us=50)
-    while True:
-        try:
-            tx.send_nowait(bytes(1000))
-        except anyio.WouldBlock:
-            break
+    _fill(tx)
     async with rx, tx, anyio.create_task_group() as tg:
         tg.start_soon(tx.send, b"x" * 1000)
         with anyio.fail_after(10):
@@ -556,11 +554,7 @@ async def test_lease() -> None:
         with await rx.receive_lease() as data:
             assert bytes(data) == b"next"
         # a sender blocked on a full ring wakes when a lease is released
-        while True:
-            try:
-                tx.send_nowait(bytes(1000))
-            except anyio.WouldBlock:
-                break
+        _fill(tx)
         lease = await rx.receive_lease()
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
