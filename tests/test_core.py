@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import anyio
 import pytest
+import uvloop
 
 import aipc
 from aipc._core import _sys
@@ -448,3 +449,78 @@ async def test_readiness_only_wait_wakes_while_the_fd_stays_ready() -> None:
     finally:
         handle.close()
         os.close(w)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_asyncio_wake_steps_the_task_in_the_same_pass() -> None:
+    # asyncio's own loop only: there a future's callbacks run one pass after
+    # the reader callback that completed it, and aipc's waiter steps the task
+    # from that callback instead (uvloop already runs it in the same pass;
+    # trio has no futures)
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    selector = loop._selector  # type: ignore[attr-defined]
+    passes = 0
+    select = selector.select
+
+    def counting_select(timeout: float | None = None) -> object:
+        nonlocal passes
+        passes += 1
+        return select(timeout)
+
+    selector.select = counting_select
+    rx, tx = aipc.create_pipe()
+    try:
+        async with rx, tx, anyio.create_task_group() as tg:
+            resumed: list[tuple[bytes, int]] = []
+            done = anyio.Event()
+
+            async def reader() -> None:
+                data = await rx.receive()
+                resumed.append((data, passes))
+                done.set()
+
+            tg.start_soon(reader)
+            with anyio.fail_after(5):
+                await anyio.wait_all_tasks_blocked()
+                await tx.send(b"x")
+                sent = passes
+                await done.wait()  # not anyio.sleep(0): nothing else is ready
+            # the one pass that polled the pipe readable also ran the reader
+            assert resumed == [(b"x", sent + 1)]
+    finally:
+        del selector.select
+
+
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="uvloop"),
+    ],
+)
+async def test_asyncio_woken_task_does_not_overtake_a_due_timer() -> None:
+    # asyncio and uvloop (call_later is theirs): a timer that falls due in the
+    # pass that reports the pipe readable runs before the woken reader, as it
+    # did when every wake-up went through call_soon
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+    done = anyio.Event()
+    rx, tx = aipc.create_pipe()
+    async with rx, tx, anyio.create_task_group() as tg:
+
+        async def reader() -> None:
+            await rx.receive()
+            order.append("reader")
+            done.set()
+
+        tg.start_soon(reader)
+        with anyio.fail_after(5):
+            await anyio.wait_all_tasks_blocked()
+            await tx.send(b"x")
+            loop.call_later(0, order.append, "timer")
+            await done.wait()
+    assert order == ["timer", "reader"]
