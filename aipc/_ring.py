@@ -138,7 +138,7 @@ from anyio.abc import (
 
 from ._core._args import check_int
 from ._core._errors import LimitExceededError
-from ._core._fd import FdHandle, checkpoint
+from ._core._fd import FdHandle, checkpoint, skip_checkpoint
 from ._core._notifier import _is_eventfd
 from ._core._waitset import WaitSet
 from ._shm import SharedMemory, create_shared_memory
@@ -741,7 +741,8 @@ class _Receiving(_RingEnd):
             # generation, the fence and the re-check happen in _cready
             state = self._cready()
             if state > 0:
-                await checkpoint()
+                if not skip_checkpoint():
+                    await checkpoint()
                 return
             while not state:
                 self._waits += 1
@@ -1541,7 +1542,8 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
             raise anyio.BusyResourceError("sending to")
         self._busy = True
         try:
-            await checkpoint()
+            if not skip_checkpoint():
+                await checkpoint()
             while True:
                 if _FAST:
                     # the compiled steps of _write and _publish_head; when

@@ -357,6 +357,33 @@ async def test_checkpoint_skips_passes_with_nothing_else_to_run(
     assert scope.cancelled_caught
 
 
+async def test_skip_checkpoint_is_checkpoints_decision(anyio_backend_name: str) -> None:
+    # the hot paths' "if not skip_checkpoint(): await checkpoint()" skips
+    # exactly when checkpoint() would, and counts the skip the same way
+    from aipc._core import _fd
+
+    await _fd.checkpoint()  # may yield once (uvloop: the probe's handle)
+    await _fd.checkpoint()
+    _fd._skipped = 0
+    assert _fd.skip_checkpoint()
+    assert _fd._skipped == 1
+    # something ready to run: no skip, and the budget is not used
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.sleep, 0)  # a task ready to run
+        assert not _fd.skip_checkpoint()
+        assert _fd._skipped == 1
+    # the budget: SKIP_BUDGET skips in a row, then a pass
+    _fd._skipped = _fd.SKIP_BUDGET
+    assert not _fd.skip_checkpoint()
+    # a cancelled scope: no skip (checkpoint() then raises)
+    with anyio.CancelScope() as scope:
+        _fd._skipped = 0
+        scope.cancel()
+        assert not _fd.skip_checkpoint()
+        await _fd.checkpoint()
+    assert scope.cancelled_caught
+
+
 async def test_large_sends_yield_on_trio_and_uvloop(anyio_backend_name: str) -> None:
     # a send of more than LARGE_OPERATION bytes that fills over a quarter of
     # the pipe passes through the loop on trio and uvloop even with nothing

@@ -51,6 +51,7 @@ __all__ = [
     "checkpoint",
     "checkpoint_large",
     "current_library",
+    "skip_checkpoint",
     "reopen_private_nonblocking",
 ]
 
@@ -311,6 +312,27 @@ def _nothing_to_run_trio() -> bool:
         return False
     _skipped += 1
     return True
+
+
+def skip_checkpoint() -> bool:
+    """The decision of :func:`checkpoint` without its coroutine: ``True`` when
+    this checkpoint skips its pass of the loop (counted as skipped, exactly as
+    :func:`checkpoint` counts it), ``False`` when the caller must still
+    ``await checkpoint()``. For the hot paths, written
+    ``if not skip_checkpoint(): await checkpoint()``: creating, awaiting and
+    finishing the coroutine cost about as much as the decision (0.45 of
+    1.2 µs per checkpoint here).
+    """
+    if _GENERIC_WAIT:
+        return False
+    lib = _sniffio_thread.name
+    if lib is None:
+        lib = _sniffio_cvar.get() or "asyncio"
+    if lib == "asyncio":
+        return _nothing_to_run()
+    if lib == "trio":
+        return _nothing_to_run_trio()
+    return False  # pragma: no cover - another anyio backend
 
 
 async def checkpoint() -> None:

@@ -28,6 +28,7 @@ from ._fd import (
     checkpoint,
     checkpoint_large,
     current_library,
+    skip_checkpoint,
 )
 
 __all__ = ["FdReceiveStream", "FdSendStream", "StreamStatistics"]
@@ -303,7 +304,7 @@ class FdSendStream(_FdEnd, ByteSendStream):
         try:
             if len(item) > LARGE_OPERATION and 4 * len(item) > self._kernel_buffer():
                 await checkpoint_large()
-            else:
+            elif not skip_checkpoint():
                 await checkpoint()
             handle = self._handle
             data = _byte_view(item)
