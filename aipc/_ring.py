@@ -138,7 +138,7 @@ from anyio.abc import (
 
 from ._core._args import check_int
 from ._core._errors import LimitExceededError
-from ._core._fd import FdHandle, checkpoint, skip_checkpoint
+from ._core._fd import FdHandle, checkpoint, current_library, skip_checkpoint
 from ._core._notifier import _is_eventfd
 from ._core._waitset import WaitSet
 from ._shm import SharedMemory, create_shared_memory
@@ -744,6 +744,10 @@ class _Receiving(_RingEnd):
                 if not skip_checkpoint():
                     await checkpoint()
                 return
+            if not state and current_library() == "trio":
+                if await self._sleep_trio():
+                    return
+                state = -1
             while not state:
                 self._waits += 1
                 try:
@@ -818,6 +822,63 @@ class _Receiving(_RingEnd):
             raise
         if not yielded:
             await checkpoint()
+
+    async def _sleep_trio(self) -> bool:
+        """The compiled receive's sleep on trio, _cready() having found the
+        ring empty (generation odd): True once a message is there, having
+        yielded; False for the Python steps (closed, ended, sender gone).
+
+        The wait takes nothing: the doorbell's count is left for the next
+        sleep to drain, off the round trip's critical path (between a
+        wake-up and the reply that follows it, where the other backends'
+        reader callback reads it). trio polls a descriptor only while a task
+        waits on it, so a count left over costs nothing meanwhile. The drain
+        comes after the generation went odd, so it may take this
+        generation's doorbell; the sender published before it rang, so the
+        re-check after the drain sees that message.
+        """
+        fd = self._doorbell.fd
+        if fd < 0:
+            raise anyio.ClosedResourceError
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            pass
+        else:
+            # a new generation for the re-check: the sender rings once per
+            # generation, and may have rung for this one already
+            self._cwoke()
+            state: int = self._cready()
+            if state:
+                if state < 0:
+                    return False
+                if not skip_checkpoint():
+                    await checkpoint()
+                return True
+        wait = self._waitset.wait_readable
+        while True:
+            self._waits += 1
+            try:
+                await wait()
+            finally:
+                self._cwoke()
+            state = self._cready()
+            if state:
+                return state > 0  # the wait was the schedule point
+            # an empty ring after a wake-up: a count an earlier generation
+            # left, or the sender's socket at end of file (it died)
+            try:
+                if not self._attempt():
+                    self._peer_gone = True
+                    return False
+            except BlockingIOError:
+                continue
+            # the count taken may be this generation's: look again, in a
+            # new one
+            self._cwoke()
+            state = self._cready()
+            if state:
+                return state > 0
 
     def _publish_tail(self, tail: int) -> None:
         """Give the room up to ``tail`` back, then wake the sender if it

@@ -241,6 +241,30 @@ async def test_close_wakes_own_waiters() -> None:
     await tx.aclose()  # idempotent
 
 
+async def test_sleeps_in_a_row_each_wake_on_the_next_message() -> None:
+    # a receiver that sleeps, wakes, takes and sleeps again, many times: on
+    # trio a wake-up leaves the doorbell's count for the next sleep to drain
+    # (RingReceiver._sleep_trio), which must then still sleep and wake for
+    # the next message, each time in a new generation
+    rx, tx = aipc.create_ring(SMALL)
+    async with rx, tx:
+        with anyio.fail_after(10):
+            for i in range(50):
+                got: list[bytes] = []
+                async with anyio.create_task_group() as tg:
+
+                    async def receiver() -> None:
+                        got.append(await rx.receive())
+
+                    tg.start_soon(receiver)
+                    await anyio.wait_all_tasks_blocked()
+                    await tx.send(b"%d" % i)
+                assert got == [b"%d" % i]
+        stats = rx.statistics()
+        assert stats.waits >= 50  # each receive slept
+        assert stats.messages == 50
+
+
 async def test_busy() -> None:
     rx, tx = aipc.create_ring(SMALL)
     async with rx, tx:

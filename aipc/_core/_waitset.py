@@ -58,6 +58,12 @@ class WaitSet:
         doorbell count, which the caller can afford to lose."""
         return self._handle.read_when_ready(attempt)
 
+    def wait_readable(self) -> Awaitable[bool]:
+        """Wait until the set is ready, consuming nothing (the caller acts
+        on the members itself). ``ClosedResourceError`` if the set is or
+        gets closed."""
+        return self._handle.wait_readable()
+
     def close(self) -> None:
         """Close the epoll descriptor (idempotent); a waiter gets
         ``ClosedResourceError``."""
