@@ -369,6 +369,8 @@ class _RingEnd(_RingBase):  # type: ignore[misc]
         self._attempt_cb = self._attempt
         self._messages = self._bytes = 0
         self._waits = self._wakeups = self._spins = 0
+        # trio: a wake-up left the doorbell's count for the next sleep
+        self._undrained = False
         if _ringc is not None:
             # the compiled steps point at the views until close() unbinds
             self._bind(self._hdr, self._data, peer_doorbell.fileno())
@@ -840,21 +842,26 @@ class _Receiving(_RingEnd):
         fd = self._doorbell.fd
         if fd < 0:
             raise anyio.ClosedResourceError
-        try:
-            os.eventfd_read(fd)
-        except BlockingIOError:
-            pass
-        else:
-            # a new generation for the re-check: the sender rings once per
-            # generation, and may have rung for this one already
-            self._cwoke()
-            state: int = self._cready()
-            if state:
-                if state < 0:
-                    return False
-                if not skip_checkpoint():
-                    await checkpoint()
-                return True
+        if self._undrained:
+            # only after a wake-up: a count rung for a sleep that never
+            # happened (the re-checks) just ends the next wait at once, and
+            # a drain that finds nothing costs an exception
+            self._undrained = False
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:
+                pass
+            else:
+                # a new generation for the re-check: the sender rings once
+                # per generation, and may have rung for this one already
+                self._cwoke()
+                state: int = self._cready()
+                if state:
+                    if state < 0:
+                        return False
+                    if not skip_checkpoint():
+                        await checkpoint()
+                    return True
         wait = self._waitset.wait_readable
         while True:
             self._waits += 1
@@ -864,6 +871,7 @@ class _Receiving(_RingEnd):
                 self._cwoke()
             state = self._cready()
             if state:
+                self._undrained = True
                 return state > 0  # the wait was the schedule point
             # an empty ring after a wake-up: a count an earlier generation
             # left, or the sender's socket at end of file (it died)
