@@ -51,6 +51,14 @@ receiver publishes ``tail``, fences, reads the sender's generation). A
 closing side sets its closed flag and rings unconditionally; a dying side's
 socket end closes, which wakes the other side's wait set.
 
+The doorbell's count is read as the receiver wakes (by the loop's reader
+callback on asyncio and uvloop), except on trio, where the compiled receive
+leaves it and drains it just before its next sleep, after a wake-up
+(``_sleep_trio``). A drain after the generation went odd may take this
+generation's own ring, so the receiver then moves to a new generation before
+it re-checks: the sender rings once per generation, and a receiver that
+slept again in a generation it had been rung for would never be woken.
+
 **Memory ordering (why this is correct on x86-64, and refused elsewhere).**
 Every shared word is read and written as one aligned 8-byte access through a
 ``memoryview`` cast to ``'Q'``: CPython packs and unpacks it with an 8-byte
