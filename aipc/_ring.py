@@ -847,54 +847,40 @@ class _Receiving(_RingEnd):
         generation's doorbell; the sender published before it rang, so the
         re-check after the drain sees that message.
         """
-        fd = self._doorbell.fd
-        if fd < 0:
-            raise anyio.ClosedResourceError
-        if self._undrained:
-            # only after a wake-up: a count rung for a sleep that never
-            # happened (the re-checks) just ends the next wait at once, and
-            # a drain that finds nothing costs an exception
-            self._undrained = False
-            try:
-                os.eventfd_read(fd)
-            except BlockingIOError:
-                pass
-            else:
-                # a new generation for the re-check: the sender rings once
-                # per generation, and may have rung for this one already
-                self._cwoke()
-                state: int = self._cready()
-                if state:
-                    if state < 0:
-                        return False
-                    if not skip_checkpoint():
-                        await checkpoint()
-                    return True
         wait = self._waitset.wait_readable
+        drain = self._undrained
+        self._undrained = False
+        yielded = False
         while True:
+            if drain:
+                # the count of a wake-up (or, after an empty one, the sign of
+                # a dead sender: its socket at end of file)
+                try:
+                    if not self._attempt():
+                        self._peer_gone = True
+                        return False
+                except BlockingIOError:
+                    pass  # nothing to drain
+                else:
+                    # the count may be this generation's ring: look again in
+                    # a new generation (the sender rings once per generation)
+                    self._cwoke()
+                    state: int = self._cready()
+                    if state:
+                        if state > 0 and not yielded and not skip_checkpoint():
+                            await checkpoint()
+                        return state > 0
             self._waits += 1
             try:
                 await wait()
             finally:
                 self._cwoke()
+            yielded = True
             state = self._cready()
             if state:
                 self._undrained = True
                 return state > 0  # the wait was the schedule point
-            # an empty ring after a wake-up: a count an earlier generation
-            # left, or the sender's socket at end of file (it died)
-            try:
-                if not self._attempt():
-                    self._peer_gone = True
-                    return False
-            except BlockingIOError:
-                continue
-            # the count taken may be this generation's: look again, in a
-            # new one
-            self._cwoke()
-            state = self._cready()
-            if state:
-                return state > 0
+            drain = True  # woke to an empty ring
 
     def _publish_tail(self, tail: int) -> None:
         """Give the room up to ``tail`` back, then wake the sender if it

@@ -253,10 +253,10 @@ async def test_sleeps_in_a_row_each_wake_on_the_next_message() -> None:
                 got: list[bytes] = []
                 async with anyio.create_task_group() as tg:
 
-                    async def receiver() -> None:
+                    async def receiver(got: list[bytes]) -> None:
                         got.append(await rx.receive())
 
-                    tg.start_soon(receiver)
+                    tg.start_soon(receiver, got)
                     await anyio.wait_all_tasks_blocked()
                     await tx.send(b"%d" % i)
                 assert got == [b"%d" % i]

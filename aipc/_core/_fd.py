@@ -325,6 +325,7 @@ def skip_checkpoint() -> bool:
     """
     if _GENERIC_WAIT:
         return False
+    # current_library(), inlined: this runs on every send and receive
     lib = _sniffio_thread.name
     if lib is None:
         lib = _sniffio_cvar.get() or "asyncio"
@@ -346,21 +347,16 @@ async def checkpoint() -> None:
     :func:`_nothing_to_run_trio`).
     """
     global _skipped
+    if skip_checkpoint():
+        return
     if _GENERIC_WAIT:
         await _anyio_checkpoint()
         return
-    # current_library(), inlined: this runs on every send and receive
-    lib = _sniffio_thread.name
-    if lib is None:
-        lib = _sniffio_cvar.get() or "asyncio"
+    lib = current_library()
     if lib == "asyncio":
-        if _nothing_to_run():
-            return
         _skipped = 0
         await _yield()
     elif lib == "trio":
-        if _nothing_to_run_trio():
-            return
         _skipped = 0
         await _trio().lowlevel.checkpoint()
     else:  # pragma: no cover - another anyio backend
@@ -572,28 +568,25 @@ class _Watcher:
             return
         self.idle = 0
         attempt = self.attempt
-        if attempt is None:
-            result: Any = True
-            if type(waiter) is not _Waiter:
-                self.stale = self.reports_twice
-        else:
+        result: Any = True
+        error: BaseException | None = None
+        if attempt is not None:
             try:
                 result = attempt()
             except BlockingIOError:
                 return  # stale readiness: keep waiting
             except BaseException as exc:
-                self.waiter = self.attempt = None
-                if type(waiter) is _Waiter:
-                    waiter.resume(None, exc)
-                else:
-                    waiter.set_exception(exc)
-                return
+                error = exc
         self.waiter = self.attempt = None
         if type(waiter) is _Waiter:
-            if not waiter.resume(result) and attempt is None:
-                self.stale = self.reports_twice
-        else:
+            if waiter.resume(result, error):
+                return  # the task has run and acted: nothing stale
+        elif error is None:
             waiter.set_result(result)
+        else:
+            waiter.set_exception(error)
+        if attempt is None:
+            self.stale = self.reports_twice
 
     def _ready_now(self) -> bool:
         poller = select.poll()
