@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from aipc import _ring
+from aipc._core import _fd
 
 from ._helpers import PROJECT_ROOT
 
@@ -92,6 +93,9 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
     helper = _ring._ringc is not None
     assert report["machine"]["compiled_helper"] is helper
     assert ("compiled ring helper" in result.stdout) is helper
+    core = _fd.skip_checkpoint is not _fd._skip_checkpoint_py
+    assert report["machine"]["compiled_core"] is core
+    assert ("checkpoint decision" in result.stdout) is True
     # the bench pins its two processes to two CPUs for cross-core rows, and
     # skips those (with a note) where only one CPU is available
     placements: tuple[str, ...] = ("cross-core", "same-core")

@@ -357,31 +357,100 @@ async def test_checkpoint_skips_passes_with_nothing_else_to_run(
     assert scope.cancelled_caught
 
 
-async def test_skip_checkpoint_is_checkpoints_decision(anyio_backend_name: str) -> None:
-    # the hot paths' "if not skip_checkpoint(): await checkpoint()" skips
-    # exactly when checkpoint() would, and counts the skip the same way
+def _python_decision() -> Callable[[], bool]:
     from aipc._core import _fd
 
+    return _fd._skip_checkpoint_py
+
+
+def _compiled_decision() -> Callable[[], bool]:
+    from aipc._core import _fd
+
+    if _fd._compiled_skip_checkpoint() is None:
+        pytest.skip("the compiled helper aipc/_core/_corec.c is not built")
+    return _fd.skip_checkpoint
+
+
+@pytest.mark.parametrize("decision", [_compiled_decision, _python_decision])
+async def test_skip_checkpoint_is_checkpoints_decision(
+    anyio_backend_name: str, decision: Callable[[], Callable[[], bool]]
+) -> None:
+    # the hot paths' "if not skip_checkpoint(): await checkpoint()" skips
+    # exactly when checkpoint() would, and counts the skip the same way; the
+    # compiled steps (aipc/_core/_corec.c) and the Python steps alike
+    from aipc._core import _fd
+
+    skip = decision()
     await _fd.checkpoint()  # may yield once (uvloop: the probe's handle)
     await _fd.checkpoint()
     _fd._skipped = 0
-    assert _fd.skip_checkpoint()
+    assert skip()
     assert _fd._skipped == 1
     # something ready to run: no skip, and the budget is not used
     async with anyio.create_task_group() as tg:
         tg.start_soon(anyio.sleep, 0)  # a task ready to run
-        assert not _fd.skip_checkpoint()
+        assert not skip()
         assert _fd._skipped == 1
     # the budget: SKIP_BUDGET skips in a row, then a pass
     _fd._skipped = _fd.SKIP_BUDGET
-    assert not _fd.skip_checkpoint()
+    assert not skip()
+    # a deadline due now: no skip (checkpoint() then cancels)
+    with anyio.move_on_after(0) as scope:
+        _fd._skipped = 0
+        assert not skip()
+        await _fd.checkpoint()
+    assert scope.cancelled_caught
     # a cancelled scope: no skip (checkpoint() then raises)
     with anyio.CancelScope() as scope:
         _fd._skipped = 0
         scope.cancel()
-        assert not _fd.skip_checkpoint()
+        assert not skip()
         await _fd.checkpoint()
     assert scope.cancelled_caught
+    # outside the loop (another thread): nothing to skip, no error
+    _fd._skipped = 0
+    assert not await anyio.to_thread.run_sync(skip)
+    assert _fd._skipped == 0
+
+
+_FORKED_DECISION = """
+import asyncio, os, sys
+from aipc._core import _fd
+
+async def main():
+    _fd._skipped = 0
+    first = _fd.skip_checkpoint()  # the helper remembers this running loop
+    pid = os.fork()
+    if pid == 0:
+        # the child runs no loop (asyncio's getpid() check says so): a
+        # remembered loop of the parent must not be taken for a running one
+        _fd._skipped = 0
+        os._exit(10 + int(_fd.skip_checkpoint()))
+    _, status = os.waitpid(pid, 0)
+    print(first, os.waitstatus_to_exitcode(status), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_compiled_decision_forgets_the_loop_in_a_forked_child() -> None:
+    # asyncio only: the getpid() check it replaces is asyncio's (trio's
+    # decision asks trio's run state, which has no such check)
+    import subprocess
+    import sys
+
+    from aipc._core import _fd
+
+    if _fd._compiled_skip_checkpoint() is None:
+        pytest.skip("the compiled helper aipc/_core/_corec.c is not built")
+    result = subprocess.run(
+        [sys.executable, "-c", _FORKED_DECISION],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.split() == ["True", "10"]
 
 
 async def test_large_sends_yield_on_trio_and_uvloop(anyio_backend_name: str) -> None:

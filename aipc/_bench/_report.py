@@ -14,6 +14,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from aipc import _ring
+from aipc._core import _fd
 
 from ._plan import (
     CHUNKS,
@@ -408,7 +409,16 @@ def _helper_note(machine: dict[str, Any]) -> str:
     helper = machine.get("compiled_helper")
     if helper is None:  # a JSON file from before the helper
         return ""
-    return " with its compiled ring helper" if helper else " (pure Python rings)"
+    core = machine.get("compiled_core")
+    if core is None:  # a JSON file from before the second helper
+        return " with its compiled ring helper" if helper else " (pure Python rings)"
+    if helper and core:
+        return " with its compiled ring helper and checkpoint decision"
+    if not helper and not core:
+        return " (pure Python rings and checkpoint decision)"
+    if helper:
+        return " with its compiled ring helper (Python checkpoint decision)"
+    return " (pure Python rings; compiled checkpoint decision)"
 
 
 def machine_info(placements: list[Placement], rounds: int) -> dict[str, Any]:
@@ -425,6 +435,8 @@ def machine_info(placements: list[Placement], rounds: int) -> dict[str, Any]:
         # aipc/_ringc.c, built at install when a compiler was there; the
         # children inherit AIPC_PURE_PYTHON, so they run what this one does
         "compiled_helper": _ring._ringc is not None,
+        # aipc/_core/_corec.c, the same way
+        "compiled_core": _fd.skip_checkpoint is not _fd._skip_checkpoint_py,
         "packages": {
             name: v
             for name in (

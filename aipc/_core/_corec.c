@@ -1,0 +1,469 @@
+/* aipc._core._corec: the checkpoint's decision, compiled.
+ *
+ * Optional, like aipc/_ringc.c: the package build compiles it when a C
+ * compiler is there (hatch_build.py), and aipc/_core/_fd.py runs the same
+ * steps in Python when it is not, or when AIPC_PURE_PYTHON=1 is set.
+ *
+ * skip_checkpoint() is _fd.py's _skip_checkpoint_py(), step for step: every
+ * send and most receives of every mechanism ask it whether their checkpoint
+ * may skip its pass of the loop. On asyncio's own loop and uvloop the Python
+ * steps cost 0.5 to 0.9 µs here, a fifth of them in the getpid() system call
+ * that asyncio's _get_running_loop() makes (running_loop() below avoids it);
+ * compiled, they are a handful of attribute reads. On trio the Python steps
+ * (_nothing_to_run_trio) are called: trio's state is plain attributes, which
+ * the interpreter's specialised reads get faster than PyObject_GetAttr does.
+ *
+ * The state stays in _fd.py's module globals, where the Python steps and the
+ * tests read and write it (_skipped, _last_loop): bind() hands this module
+ * that dict. A loop or task without asyncio's private state gets False, as
+ * in Python; a _last_loop of another shape is left to the Python steps.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define VERSION 1
+
+/* bound by bind(): _fd.py's globals and what the steps read from them once */
+static PyObject *g_globals;        /* _fd's module dict */
+static PyObject *g_python;         /* _skip_checkpoint_py: the fallback */
+static PyObject *g_trio_steps;     /* _nothing_to_run_trio */
+static PyObject *g_learn_loop;     /* _learn_loop(loop) -> entry */
+static PyObject *g_only_stale;     /* _only_stale_fires(ready) -> bool */
+static PyObject *g_get_loop;       /* asyncio.events._get_running_loop */
+static PyObject *g_current_tasks;  /* asyncio.tasks._current_tasks */
+static PyObject *g_sniffio_thread; /* sniffio.thread_local */
+static PyObject *g_sniffio_cvar;   /* sniffio.current_async_library_cvar */
+static PyObject *g_asyncio_kind;   /* _ASYNCIO */
+static PyObject *g_uvloop_kind;    /* _UVLOOP */
+static long g_budget;              /* SKIP_BUDGET */
+static Py_ssize_t g_uv_max_timers; /* _UV_MAX_TIMERS */
+
+static PyObject *s_skipped, *s_last_loop, *s_name;
+static PyObject *s_asyncio, *s_trio, *s_ready, *s_scheduled, *s_when;
+static PyObject *s_time, *s_clock_resolution, *s_must_cancel;
+
+/* the answers of the steps below; ERROR: an exception is set */
+#define NO 0
+#define YES 1
+#define PYTHON 2
+#define ERROR -1
+
+static int
+truth_of(PyObject *obj) /* steals obj */
+{
+    if (obj == NULL) {
+        return ERROR;
+    }
+    int r = PyObject_IsTrue(obj);
+    Py_DECREF(obj);
+    return r < 0 ? ERROR : r;
+}
+
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    return truth_of(PyObject_GetAttr(obj, name));
+}
+
+/* a < b for two objects, as Python's "<" */
+static int
+less(PyObject *a, PyObject *b, int op)
+{
+    return PyObject_RichCompareBool(a, b, op);
+}
+
+/* The running loop without asyncio's getpid().
+ *
+ * CPython 3.11's _get_running_loop() makes a getpid() system call on every
+ * call, to tell a forked child from its parent (0.2 µs here, a tenth of a
+ * decision). asyncio keeps the running loop in a holder object in the
+ * thread's state dict and makes a new holder each time a thread starts or
+ * stops running a loop. So while the thread's holder is the very object
+ * seen last time (kept referenced here, so its address cannot be reused)
+ * and no fork happened since (forget(), registered with
+ * os.register_at_fork), the running loop is the one asyncio answered then.
+ * Where there is no such holder (CPython 3.12 keeps the loop elsewhere and
+ * dropped the getpid()), asyncio is asked each time. */
+static PyObject *s_holder_key;
+static PyObject *c_holder; /* the holder seen last, or NULL */
+static PyObject *c_loop;   /* the running loop it stood for */
+static unsigned long c_thread;
+
+static PyObject *
+running_loop(void)
+{
+    PyObject *holder = NULL;
+    PyObject *tsdict = PyThreadState_GetDict();
+    unsigned long thread = PyThread_get_thread_ident();
+    if (tsdict != NULL) {
+        holder = PyDict_GetItemWithError(tsdict, s_holder_key);
+        if (holder == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (holder != NULL && holder == c_holder && thread == c_thread) {
+        return Py_NewRef(c_loop);
+    }
+    PyObject *loop = PyObject_CallNoArgs(g_get_loop);
+    if (loop != NULL && loop != Py_None && holder != NULL) {
+        c_thread = thread;
+        Py_XSETREF(c_holder, Py_NewRef(holder));
+        Py_XSETREF(c_loop, Py_NewRef(loop));
+    }
+    return loop;
+}
+
+static PyObject *
+forget(PyObject *module, PyObject *unused)
+{
+    Py_CLEAR(c_holder);
+    Py_CLEAR(c_loop);
+    c_thread = 0;
+    Py_RETURN_NONE;
+}
+
+/* _nothing_to_run(): asyncio's own loop and uvloop */
+static int
+asyncio_step(void)
+{
+    PyObject *loop = running_loop();
+    if (loop == NULL) {
+        return ERROR;
+    }
+    int answer = ERROR;
+    PyObject *entry = PyDict_GetItemWithError(g_globals, s_last_loop);
+    if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) {
+        answer = PYTHON;
+        goto done;
+    }
+    Py_INCREF(entry);
+    PyObject *known = PyObject_CallNoArgs(PyTuple_GET_ITEM(entry, 0));
+    if (known == NULL) {
+        Py_DECREF(entry);
+        goto done;
+    }
+    Py_DECREF(known); /* only its identity matters; entry keeps it alive */
+    if (known != loop) {
+        Py_SETREF(entry, PyObject_CallOneArg(g_learn_loop, loop));
+        if (entry == NULL) {
+            goto done;
+        }
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) {
+            Py_DECREF(entry);
+            answer = PYTHON;
+            goto done;
+        }
+    }
+    PyObject *kind = PyTuple_GET_ITEM(entry, 1);
+    if (kind == g_asyncio_kind) {
+        PyObject *ready = PyObject_GetAttr(loop, s_ready);
+        if (ready == NULL) {
+            goto attr_error;
+        }
+        int r = PyObject_IsTrue(ready);
+        if (r > 0) {
+            r = truth_of(PyObject_CallOneArg(g_only_stale, ready));
+            r = r == ERROR ? ERROR : !r;
+        }
+        Py_DECREF(ready);
+        if (r != 0) {
+            if (r < 0) {
+                goto attr_error;
+            }
+            answer = NO;
+            goto out;
+        }
+        PyObject *scheduled = PyObject_GetAttr(loop, s_scheduled);
+        if (scheduled == NULL) {
+            goto attr_error;
+        }
+        r = PyObject_IsTrue(scheduled);
+        if (r > 0) {
+            /* scheduled[0]._when < loop.time() + loop._clock_resolution */
+            PyObject *first = PySequence_GetItem(scheduled, 0);
+            PyObject *when = first ? PyObject_GetAttr(first, s_when) : NULL;
+            Py_XDECREF(first);
+            PyObject *now = when ? PyObject_CallMethodNoArgs(loop, s_time) : NULL;
+            PyObject *res = now ? PyObject_GetAttr(loop, s_clock_resolution) : NULL;
+            PyObject *limit = res ? PyNumber_Add(now, res) : NULL;
+            r = limit ? less(when, limit, Py_LT) : -1;
+            Py_XDECREF(when);
+            Py_XDECREF(now);
+            Py_XDECREF(res);
+            Py_XDECREF(limit);
+        }
+        Py_DECREF(scheduled);
+        if (r != 0) {
+            if (r < 0) {
+                goto attr_error;
+            }
+            answer = NO;
+            goto out;
+        }
+    }
+    else if (kind == g_uvloop_kind) {
+        /* a uvloop handle hides whether it is cancelled: any entry counts */
+        int r = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 2));
+        if (r != 0) {
+            answer = r < 0 ? ERROR : NO;
+            goto out;
+        }
+        PyObject *timers = PyTuple_GET_ITEM(entry, 3);
+        Py_ssize_t count = PyObject_Size(timers);
+        if (count < 0) {
+            goto attr_error;
+        }
+        if (count > g_uv_max_timers) {
+            answer = NO;
+            goto out;
+        }
+        if (count) {
+            PyObject *now = PyObject_CallMethodNoArgs(loop, s_time);
+            PyObject *it = now ? PyObject_GetIter(timers) : NULL;
+            PyObject *timer;
+            r = 0;
+            while (it && r == 0 && (timer = PyIter_Next(it)) != NULL) {
+                PyObject *when = PyObject_CallMethod(timer, "when", NULL);
+                r = when ? less(when, now, Py_LE) : -1;
+                Py_XDECREF(when);
+                Py_DECREF(timer);
+            }
+            if (it == NULL || PyErr_Occurred()) {
+                r = -1;
+            }
+            Py_XDECREF(it);
+            Py_XDECREF(now);
+            if (r != 0) {
+                if (r < 0) {
+                    goto attr_error;
+                }
+                answer = NO;
+                goto out;
+            }
+        }
+    }
+    else {
+        answer = NO;
+        goto out;
+    }
+    {
+        PyObject *task = PyDict_GetItemWithError(g_current_tasks, loop);
+        if (task == NULL) {
+            answer = PyErr_Occurred() ? ERROR : NO;
+            goto out;
+        }
+        int r = attr_true(task, s_must_cancel);
+        if (r == ERROR) {
+            goto attr_error;
+        }
+        answer = r ? NO : YES;
+        goto out;
+    }
+attr_error:
+    /* a loop or task without asyncio's private state: never skip */
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        answer = NO;
+    }
+    else {
+        answer = ERROR;
+    }
+out:
+    Py_DECREF(entry);
+done:
+    Py_DECREF(loop);
+    return answer;
+}
+
+static PyObject *
+python_steps(void)
+{
+    return PyObject_CallNoArgs(g_python);
+}
+
+static PyObject *
+skip_checkpoint(PyObject *module, PyObject *unused)
+{
+    if (g_globals == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "aipc._core._corec is not bound");
+        return NULL;
+    }
+    PyObject *skipped = PyDict_GetItemWithError(g_globals, s_skipped);
+    if (skipped == NULL || !PyLong_CheckExact(skipped)) {
+        return PyErr_Occurred() ? NULL : python_steps();
+    }
+    long count = PyLong_AsLong(skipped);
+    if (count == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (count >= g_budget) {
+        Py_RETURN_FALSE;
+    }
+    /* current_library(), as _skip_checkpoint_py reads it */
+    PyObject *lib = PyObject_GetAttr(g_sniffio_thread, s_name);
+    if (lib == NULL) {
+        return NULL;
+    }
+    if (lib == Py_None) {
+        Py_DECREF(lib);
+        if (PyContextVar_Get(g_sniffio_cvar, NULL, &lib) < 0) {
+            return NULL;
+        }
+        int set = lib == NULL ? 0 : PyObject_IsTrue(lib);
+        if (set < 0) {
+            Py_DECREF(lib);
+            return NULL;
+        }
+        if (!set) { /* sniffio's "or": unset, None or empty */
+            Py_XDECREF(lib);
+            lib = Py_NewRef(s_asyncio);
+        }
+    }
+    int answer;
+    if (lib == s_asyncio
+        || (PyUnicode_Check(lib) && PyUnicode_Compare(lib, s_asyncio) == 0)) {
+        answer = asyncio_step();
+    }
+    else if (lib == s_trio
+             || (PyUnicode_Check(lib) && PyUnicode_Compare(lib, s_trio) == 0)) {
+        /* trio's state is plain attributes, which the interpreter's
+         * specialised reads get faster than PyObject_GetAttr does: the
+         * Python steps there (the checks of _skipped done, they recheck) */
+        Py_DECREF(lib);
+        return PyObject_CallNoArgs(g_trio_steps);
+    }
+    else {
+        answer = PyErr_Occurred() ? ERROR : NO;
+    }
+    Py_DECREF(lib);
+    if (answer == ERROR) {
+        return NULL;
+    }
+    if (answer == PYTHON) {
+        return python_steps();
+    }
+    if (answer == NO) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *more = PyLong_FromLong(count + 1);
+    if (more == NULL || PyDict_SetItem(g_globals, s_skipped, more) < 0) {
+        Py_XDECREF(more);
+        return NULL;
+    }
+    Py_DECREF(more);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+get_global(const char *name)
+{
+    PyObject *value = PyDict_GetItemString(g_globals, name);
+    if (value == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "aipc._core._corec: _fd has no %s", name);
+        return NULL;
+    }
+    return Py_NewRef(value);
+}
+
+static PyObject *
+bind(PyObject *module, PyObject *globals)
+{
+    if (!PyDict_Check(globals)) {
+        PyErr_SetString(PyExc_TypeError, "bind() takes _fd's module dict");
+        return NULL;
+    }
+    Py_XSETREF(g_globals, Py_NewRef(globals));
+    PyObject *budget = NULL, *max_timers = NULL;
+    Py_CLEAR(g_python);
+    Py_CLEAR(g_trio_steps);
+    Py_CLEAR(g_learn_loop);
+    Py_CLEAR(g_only_stale);
+    Py_CLEAR(g_get_loop);
+    Py_CLEAR(g_current_tasks);
+    Py_CLEAR(g_sniffio_thread);
+    Py_CLEAR(g_sniffio_cvar);
+    Py_CLEAR(g_asyncio_kind);
+    Py_CLEAR(g_uvloop_kind);
+    if (!(g_python = get_global("_skip_checkpoint_py"))
+        || !(g_trio_steps = get_global("_nothing_to_run_trio"))
+        || !(g_learn_loop = get_global("_learn_loop"))
+        || !(g_only_stale = get_global("_only_stale_fires"))
+        || !(g_get_loop = get_global("_get_running_loop"))
+        || !(g_current_tasks = get_global("_current_tasks"))
+        || !(g_sniffio_thread = get_global("_sniffio_thread"))
+        || !(g_sniffio_cvar = get_global("_sniffio_cvar"))
+        || !(g_asyncio_kind = get_global("_ASYNCIO"))
+        || !(g_uvloop_kind = get_global("_UVLOOP"))
+        || !(budget = get_global("SKIP_BUDGET"))
+        || !(max_timers = get_global("_UV_MAX_TIMERS"))) {
+        goto fail;
+    }
+    if (!PyDict_CheckExact(g_current_tasks) || !PyContextVar_CheckExact(g_sniffio_cvar)) {
+        PyErr_SetString(PyExc_TypeError, "aipc._core._corec: unexpected asyncio or sniffio state");
+        goto fail;
+    }
+    g_budget = PyLong_AsLong(budget);
+    g_uv_max_timers = PyLong_AsSsize_t(max_timers);
+    if (PyErr_Occurred()) {
+        goto fail;
+    }
+    Py_DECREF(budget);
+    Py_DECREF(max_timers);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(budget);
+    Py_XDECREF(max_timers);
+    Py_CLEAR(g_globals);
+    return NULL;
+}
+
+static PyMethodDef corec_methods[] = {
+    {"bind", bind, METH_O,
+     "bind(globals): use _fd's module dict for the state and the Python steps"},
+    {"forget", forget, METH_NOARGS,
+     "forget the running loop seen last (in a child after fork)"},
+    {"skip_checkpoint", skip_checkpoint, METH_NOARGS,
+     "_fd._skip_checkpoint_py(), compiled: True when this checkpoint skips its pass"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef corec_module = {
+    PyModuleDef_HEAD_INIT,
+    "aipc._core._corec",
+    "The checkpoint's decision, compiled (see aipc/_core/_corec.c).",
+    -1,
+    corec_methods,
+};
+
+#define INTERN(var, text)                                  \
+    do {                                                   \
+        if ((var = PyUnicode_InternFromString(text)) == NULL) { \
+            return NULL;                                   \
+        }                                                  \
+    } while (0)
+
+PyMODINIT_FUNC
+PyInit__corec(void)
+{
+    INTERN(s_holder_key, "__asyncio_running_event_loop__");
+    INTERN(s_skipped, "_skipped");
+    INTERN(s_last_loop, "_last_loop");
+    INTERN(s_name, "name");
+    INTERN(s_asyncio, "asyncio");
+    INTERN(s_trio, "trio");
+    INTERN(s_ready, "_ready");
+    INTERN(s_scheduled, "_scheduled");
+    INTERN(s_when, "_when");
+    INTERN(s_time, "time");
+    INTERN(s_clock_resolution, "_clock_resolution");
+    INTERN(s_must_cancel, "_must_cancel");
+    PyObject *m = PyModule_Create(&corec_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "VERSION", VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
