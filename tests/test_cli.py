@@ -93,7 +93,7 @@ def test_bench_quick_measures_every_mechanism_on_every_backend(
     helper = _ring._ringc is not None
     assert report["machine"]["compiled_helper"] is helper
     assert ("compiled ring helper" in result.stdout) is helper
-    core = _fd.skip_checkpoint is not _fd._skip_checkpoint_py
+    core = _fd._corec is not None
     assert report["machine"]["compiled_core"] is core
     assert ("checkpoint decision" in result.stdout) is True
     # the bench pins its two processes to two CPUs for cross-core rows, and

@@ -366,7 +366,7 @@ def _python_decision() -> Callable[[], bool]:
 def _compiled_decision() -> Callable[[], bool]:
     from aipc._core import _fd
 
-    if _fd._compiled_skip_checkpoint() is None:
+    if _fd._corec is None:
         pytest.skip("the compiled helper aipc/_core/_corec.c is not built")
     return _fd.skip_checkpoint
 
@@ -441,7 +441,7 @@ def test_compiled_decision_forgets_the_loop_in_a_forked_child() -> None:
 
     from aipc._core import _fd
 
-    if _fd._compiled_skip_checkpoint() is None:
+    if _fd._corec is None:
         pytest.skip("the compiled helper aipc/_core/_corec.c is not built")
     result = subprocess.run(
         [sys.executable, "-c", _FORKED_DECISION],

@@ -436,7 +436,7 @@ def machine_info(placements: list[Placement], rounds: int) -> dict[str, Any]:
         # children inherit AIPC_PURE_PYTHON, so they run what this one does
         "compiled_helper": _ring._ringc is not None,
         # aipc/_core/_corec.c, the same way
-        "compiled_core": _fd.skip_checkpoint is not _fd._skip_checkpoint_py,
+        "compiled_core": _fd._corec is not None,
         "packages": {
             name: v
             for name in (

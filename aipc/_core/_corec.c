@@ -9,7 +9,9 @@
  * may skip its pass of the loop. On asyncio's own loop and uvloop the Python
  * steps cost 0.5 to 0.9 µs here, a fifth of them in the getpid() system call
  * that asyncio's _get_running_loop() makes (running_loop() below avoids it);
- * compiled, they are a handful of attribute reads. On trio the Python steps
+ * compiled, they are a handful of attribute reads. running_loop() is
+ * also what _fd.py's readiness waits use to tell that a watcher belongs to
+ * the loop running now. On trio the Python steps
  * (_nothing_to_run_trio) are called: trio's state is plain attributes, which
  * the interpreter's specialised reads get faster than PyObject_GetAttr does.
  *
@@ -111,6 +113,16 @@ running_loop(void)
         Py_XSETREF(c_loop, Py_NewRef(loop));
     }
     return loop;
+}
+
+static PyObject *
+running_loop_py(PyObject *module, PyObject *unused)
+{
+    if (g_get_loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "aipc._core._corec is not bound");
+        return NULL;
+    }
+    return running_loop();
 }
 
 static PyObject *
@@ -420,6 +432,8 @@ fail:
 static PyMethodDef corec_methods[] = {
     {"bind", bind, METH_O,
      "bind(globals): use _fd's module dict for the state and the Python steps"},
+    {"running_loop", running_loop_py, METH_NOARGS,
+     "asyncio.events._get_running_loop(), without its getpid() when it can"},
     {"forget", forget, METH_NOARGS,
      "forget the running loop seen last (in a child after fork)"},
     {"skip_checkpoint", skip_checkpoint, METH_NOARGS,

@@ -34,7 +34,6 @@ import os
 import select
 import stat
 import sys
-import threading
 import types
 import warnings
 import weakref
@@ -339,8 +338,8 @@ def _skip_checkpoint_py() -> bool:
     return False  # pragma: no cover - another anyio backend
 
 
-def _compiled_skip_checkpoint() -> Callable[[], bool] | None:
-    """The compiled helper's ``skip_checkpoint``, bound to this module's
+def _load_compiled() -> Any:
+    """The compiled helper ``aipc._core._corec``, bound to this module's
     state; None without it: not built (no C compiler at install), from
     another version of aipc, ``AIPC_PURE_PYTHON=1``, or ``AIPC_GENERIC_WAIT``
     (whose checkpoints never skip)."""
@@ -359,15 +358,22 @@ def _compiled_skip_checkpoint() -> Callable[[], bool] | None:
     # the helper remembers the running loop (see running_loop() there); a
     # forked child starts afresh, as asyncio's own check of getpid() does
     os.register_at_fork(after_in_child=_corec.forget)
-    decide: Callable[[], bool] = _corec.skip_checkpoint
-    return decide
+    return _corec
 
 
+_corec = _load_compiled()
 #: The checkpoint's decision (see _skip_checkpoint_py): the same steps
 #: compiled where the helper is built, on asyncio's own loop and uvloop
 #: (about 0.3 µs less per send, and no getpid() system call); on trio the
 #: helper hands over to _nothing_to_run_trio, which is faster in Python.
-skip_checkpoint: Callable[[], bool] = _compiled_skip_checkpoint() or _skip_checkpoint_py
+skip_checkpoint: Callable[[], bool] = (
+    _skip_checkpoint_py if _corec is None else _corec.skip_checkpoint
+)
+#: asyncio's running loop of this thread, or None: the compiled helper's
+#: answer without asyncio's getpid() where it is built.
+_running_loop: Callable[[], Any] = (
+    _get_running_loop if _corec is None else _corec.running_loop
+)
 
 
 async def checkpoint() -> None:
@@ -553,13 +559,11 @@ class _Watcher:
         "reports_twice",
         "resumes",
         "stale",
-        "thread",
         "waiter",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, readable: bool):
         self.loop = loop
-        self.thread = threading.get_ident()
         self.fd = fd
         self.readable = readable
         self.registered = False
@@ -692,14 +696,9 @@ async def _raise_closed() -> Any:
 
 
 def _current(watcher: _Watcher | None) -> TypeGuard[_Watcher]:
-    # asyncio.get_running_loop() costs a getpid() syscall on every call; a
-    # watcher whose loop is running in this very thread is the current one,
-    # since a thread runs one loop at a time.
-    return (
-        watcher is not None
-        and watcher.thread == threading.get_ident()
-        and watcher.loop.is_running()
-    )
+    # a watcher of the loop this thread runs now (not of a loop that ran
+    # before, or of one another thread runs)
+    return watcher is not None and watcher.loop is _running_loop()
 
 
 class FdHandle:
@@ -805,7 +804,7 @@ class FdHandle:
         succeeded, ``keep`` receives the result so that nothing is lost.
         """
         watcher = self._rwatch
-        if self._fd >= 0 and _current(watcher):
+        if watcher is not None and self._fd >= 0 and watcher.loop is _running_loop():
             # _wait's common case, without its dispatch: every receive's path
             return watcher.wait(attempt, keep)
         return self._wait(True, attempt, keep)
