@@ -53,32 +53,98 @@ else:
 """
 
 
+_TWO = """
+import os, sys, anyio, aipc
+backend, which, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+a, b = os.pipe(), os.pipe()  # a: driver -> echo, b: echo -> driver
+
+
+async def ends(r, w):
+    # (receive(max), send(data)) over the read end r and the write end w
+    if which == "streams":
+        import asyncio
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", 0))
+        t, p = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(w, "wb", 0))
+        writer = asyncio.StreamWriter(t, p, None, loop)
+
+        async def send(data):
+            writer.write(data)
+            await writer.drain()
+        return reader.read, send
+    if which == "fdstream":
+        import trio
+        rx, tx = trio.lowlevel.FdStream(r), trio.lowlevel.FdStream(w)
+        return rx.receive_some, tx.send_all
+    rx, tx = aipc.PipeReceiveStream.from_fd(r), aipc.PipeSendStream.from_fd(w)
+    return rx.receive, tx.send
+
+
+def run(main):
+    if backend == "uvloop":
+        import uvloop
+        anyio.run(main, backend="asyncio",
+                  backend_options={{"loop_factory": uvloop.new_event_loop}})
+    else:
+        anyio.run(main, backend=backend)
+
+
+os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
+if os.fork() == 0:
+    os.close(a[1]); os.close(b[0])
+
+    async def echo():
+        receive, send = await ends(a[0], b[1])
+        for _ in range(n):
+            await send(await receive(65536))
+    run(echo)
+    os._exit(0)
+os.close(a[0]); os.close(b[1])
+
+
+async def drive():
+    receive, send = await ends(b[0], a[1])
+    for _ in range(n):
+        await send(b"12345678")
+        await receive(65536)
+run(drive)
+os.wait()
+"""
+
+
 def _instructions(script: str, backend: str, which: str, n: int) -> int:
-    result = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            script,
-            backend,
-            which,
-            str(n),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    match = re.search(r"Collected : ([\d,]+)", result.stderr)
-    if match is None:
-        raise RuntimeError(f"no instruction count from valgrind:\n{result.stderr}")
-    return int(match.group(1).replace(",", ""))
+    with tempfile.TemporaryDirectory() as out:
+        result = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--trace-children=yes",
+                f"--callgrind-out-file={out}/callgrind.%p",
+                sys.executable,
+                script,
+                backend,
+                which,
+                str(n),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        # one "Collected" line per process (the forked echo of ``two`` too)
+        counts = re.findall(r"Collected : ([\d,]+)", result.stderr)
+        if not counts:
+            raise RuntimeError(f"no instruction count from valgrind:\n{result.stderr}")
+        return sum(int(c.replace(",", "")) for c in counts)
 
 
 def main() -> None:
     backend = sys.argv[1] if len(sys.argv) > 1 else "all"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
     ring = len(sys.argv) > 3 and sys.argv[3] == "ring"
+    two = len(sys.argv) > 3 and sys.argv[3] == "two"
     if shutil.which("valgrind") is None:
         sys.exit("instructions.py needs valgrind (apt install valgrind)")
     backends = ("asyncio", "uvloop", "trio") if backend == "all" else (backend,)
@@ -86,20 +152,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "child.py")
         with open(script, "w") as f:
-            f.write(_CHILD.format(here=here))
+            f.write(_TWO.format() if two else _CHILD.format(here=here))
         for name in backends:
             peer = "fdstream" if name == "trio" else "streams"
             label = "trio FdStream" if name == "trio" else f"{name} pipe streams"
             if ring:
                 peer, label = "ring", "aipc ring"
-            for which, title in ((peer, label), ("aipc", "aipc pipe")):
+            mine = "aipc pipe"
+            if two:
+                label += ", two processes"
+                mine += ", two processes"
+            for which, title in ((peer, label), ("aipc", mine)):
                 # one round trip in the baseline: the measuring code divides
                 # by the count, and set-up and warm-up cancel out
                 base = _instructions(script, name, which, 1)
                 total = _instructions(script, name, which, n + 1)
                 per_trip = (total - base) / n
                 print(
-                    f"{name:8} {title:22} {per_trip:9,.0f} instructions per round trip",
+                    f"{name:8} {title:36} {per_trip:9,.0f} instructions per round trip",
                     flush=True,
                 )
 
