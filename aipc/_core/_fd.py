@@ -641,11 +641,12 @@ class _Watcher:
             else:
                 self.loop.remove_writer(self.fd)
 
-    async def wait(
-        self,
-        attempt: Callable[[], T] | None,
-        keep: Callable[[T], None] | None,
-    ) -> Any:
+    def arm(self, attempt: Callable[[], Any] | None) -> asyncio.Future[Any]:
+        """The first half of :meth:`wait`: the future the task awaits, which
+        the callback completes (the result of ``attempt``, or ``_CLOSED``).
+        A caller that awaits it itself must hand an exception to
+        :meth:`disarm`."""
+        global _skipped
         if self.waiter is not None:
             raise anyio.BusyResourceError(
                 "reading from" if self.readable else "writing to"
@@ -659,26 +660,40 @@ class _Watcher:
             else:
                 self.loop.add_writer(self.fd, self._fire)
             self.registered = True
-        global _skipped
+        # the task yields to the loop on this pending future: the budget of
+        # skipped checkpoints starts over
+        _skipped = 0
+        return waiter
+
+    def disarm(
+        self, waiter: asyncio.Future[Any], keep: Callable[[Any], None] | None
+    ) -> None:
+        """The second half of :meth:`wait` when awaiting ``waiter`` raised
+        (cancelled): forget it and, if the callback made the attempt for it
+        (a plain task.cancel() can land between the fire and the task's
+        resumption), hand the result to ``keep`` so that nothing is lost."""
+        if self.waiter is waiter:
+            self.waiter = self.attempt = None
+        if (
+            keep is not None
+            and waiter.done()
+            and not waiter.cancelled()
+            and waiter.exception() is None
+            and waiter.result() is not _CLOSED
+        ):
+            keep(waiter.result())
+
+    async def wait(
+        self,
+        attempt: Callable[[], T] | None,
+        keep: Callable[[T], None] | None,
+    ) -> Any:
+        waiter = self.arm(attempt)
         try:
             result = await waiter
-            _skipped = 0  # this task has let the loop run: the budget starts over
         except BaseException:
-            # Cancelled after the callback made the attempt for us (a plain
-            # task.cancel() can land between the fire and the task's resumption):
-            # hand the result back so that nothing is lost.
-            if (
-                keep is not None
-                and waiter.done()
-                and not waiter.cancelled()
-                and waiter.exception() is None
-                and waiter.result() is not _CLOSED
-            ):
-                keep(waiter.result())
+            self.disarm(waiter, keep)
             raise
-        finally:
-            if self.waiter is waiter:
-                self.waiter = self.attempt = None
         if result is _CLOSED:
             raise anyio.ClosedResourceError
         return result

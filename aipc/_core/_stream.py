@@ -22,6 +22,7 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from ._errors import translate_os_error
 from ._fd import (
+    _CLOSED,
     LARGE_OPERATION,
     FdHandle,
     _running_loop,
@@ -230,8 +231,16 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
                             self._attempt_size = max_bytes
                         watcher = handle._rwatch
                         if watcher is not None and watcher.loop is _running_loop():
-                            # read_when_ready's common case, one call less
-                            data = await watcher.wait(attempt, self._keep)
+                            # read_when_ready's common case, without the
+                            # coroutine of the watcher's wait()
+                            waiter = watcher.arm(attempt)
+                            try:
+                                data = await waiter
+                            except BaseException:
+                                watcher.disarm(waiter, self._keep)
+                                raise
+                            if data is _CLOSED:
+                                raise anyio.ClosedResourceError
                         else:
                             data = await handle.read_when_ready(attempt, self._keep)
                     else:
