@@ -436,7 +436,6 @@ async def checkpoint_large() -> None:
 LARGE_OPERATION = 16384
 
 
-_CLOSED: Any = object()
 T = TypeVar("T")
 
 _SYNC_RESUME = os.environ.get("AIPC_NO_SYNC_RESUME", "") in ("", "0")
@@ -643,11 +642,16 @@ class _Watcher:
 
     def arm(self, attempt: Callable[[], Any] | None) -> asyncio.Future[Any]:
         """The first half of :meth:`wait`: the future the task awaits, which
-        the callback completes (the result of ``attempt``, or ``_CLOSED``).
-        A caller that awaits it itself must hand an exception to
-        :meth:`disarm`."""
+        the callback completes with the result of ``attempt`` (``True``
+        without one), or fails with ``ClosedResourceError`` when the fd is
+        closed. Awaited as it is, it loses the attempt's result if the task
+        is cancelled after the callback made it; a caller with something to
+        keep hands an exception to :meth:`disarm`."""
         global _skipped
-        if self.waiter is not None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            # another task waits (a cancelled waiter's future is done: the
+            # task that awaited it is gone)
             raise anyio.BusyResourceError(
                 "reading from" if self.readable else "writing to"
             )
@@ -679,7 +683,6 @@ class _Watcher:
             and waiter.done()
             and not waiter.cancelled()
             and waiter.exception() is None
-            and waiter.result() is not _CLOSED
         ):
             keep(waiter.result())
 
@@ -690,19 +693,16 @@ class _Watcher:
     ) -> Any:
         waiter = self.arm(attempt)
         try:
-            result = await waiter
+            return await waiter
         except BaseException:
             self.disarm(waiter, keep)
             raise
-        if result is _CLOSED:
-            raise anyio.ClosedResourceError
-        return result
 
     def close(self) -> None:
         """Wake the waiter with ClosedResourceError and drop the registration."""
         waiter, self.waiter, self.attempt = self.waiter, None, None
         if waiter is not None and not waiter.done():
-            waiter.set_result(_CLOSED)
+            waiter.set_exception(anyio.ClosedResourceError())
         self.unregister()
 
 
@@ -817,10 +817,15 @@ class FdHandle:
         on. Its other exceptions propagate. On asyncio/uvloop the attempt is
         made from the loop callback; should the task be cancelled after it
         succeeded, ``keep`` receives the result so that nothing is lost.
+        Without ``keep`` such a result is dropped, and on asyncio/uvloop the
+        awaitable is the watcher's future itself: nothing runs after it, so
+        no coroutine wraps it (a ring's doorbell, a readiness-only wait).
         """
         watcher = self._rwatch
         if watcher is not None and self._fd >= 0 and watcher.loop is _running_loop():
             # _wait's common case, without its dispatch: every receive's path
+            if keep is None:
+                return watcher.arm(attempt)  # nothing to keep: the future itself
             return watcher.wait(attempt, keep)
         return self._wait(True, attempt, keep)
 
@@ -835,7 +840,10 @@ class FdHandle:
             return _raise_closed()
         watcher = self._rwatch if readable else self._wwatch
         if watcher is not None and _current(watcher):
-            # the common case on asyncio/uvloop: no backend lookup
+            # the common case on asyncio/uvloop: no backend lookup, and
+            # without a keep the future itself, no coroutine around it
+            if keep is None:
+                return watcher.arm(attempt)
             return watcher.wait(attempt, keep)
         lib = current_library()
         if lib == "asyncio" and not _GENERIC_WAIT:

@@ -22,7 +22,6 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from ._errors import translate_os_error
 from ._fd import (
-    _CLOSED,
     LARGE_OPERATION,
     FdHandle,
     _running_loop,
@@ -239,8 +238,6 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
                             except BaseException:
                                 watcher.disarm(waiter, self._keep)
                                 raise
-                            if data is _CLOSED:
-                                raise anyio.ClosedResourceError
                         else:
                             data = await handle.read_when_ready(attempt, self._keep)
                     else:
