@@ -79,6 +79,12 @@ async def ends(r, w):
         import trio
         rx, tx = trio.lowlevel.FdStream(r), trio.lowlevel.FdStream(w)
         return rx.receive_some, tx.send_all
+    if which == "ring":
+        rx, tx = RINGS[r]
+
+        async def receive(_max):
+            return await rx.receive()
+        return receive, tx.send
     rx, tx = aipc.PipeReceiveStream.from_fd(r), aipc.PipeSendStream.from_fd(w)
     return rx.receive, tx.send
 
@@ -92,6 +98,10 @@ def run(main):
         anyio.run(main, backend=backend)
 
 
+if which == "ring":
+    # two rings made before the fork, indexed by the read end ends() gets
+    (ra, wa), (rb, wb) = aipc.create_ring(), aipc.create_ring()
+    RINGS = {{a[0]: (ra, wb), b[0]: (rb, wa)}}
 os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
 if os.fork() == 0:
     os.close(a[1]); os.close(b[0])
@@ -143,8 +153,8 @@ def _instructions(script: str, backend: str, which: str, n: int) -> int:
 def main() -> None:
     backend = sys.argv[1] if len(sys.argv) > 1 else "all"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
-    ring = len(sys.argv) > 3 and sys.argv[3] == "ring"
-    two = len(sys.argv) > 3 and sys.argv[3] == "two"
+    ring = "ring" in sys.argv[3:]
+    two = "two" in sys.argv[3:]
     if shutil.which("valgrind") is None:
         sys.exit("instructions.py needs valgrind (apt install valgrind)")
     backends = ("asyncio", "uvloop", "trio") if backend == "all" else (backend,)
