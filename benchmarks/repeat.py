@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         + {True: ", compiled ring helper", False: ", pure Python rings"}.get(
             machine.get("compiled_helper"), ""
         )
+        + {True: ", compiled checkpoint decision", False: ""}.get(
+            machine.get("compiled_core"), ""
+        )
         + "\n"
     )
     print(_table(order, summaries))

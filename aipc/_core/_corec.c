@@ -85,7 +85,10 @@ less(PyObject *a, PyObject *b, int op)
  * and no fork happened since (forget(), registered with
  * os.register_at_fork), the running loop is the one asyncio answered then.
  * Where there is no such holder (CPython 3.12 keeps the loop elsewhere and
- * dropped the getpid()), asyncio is asked each time. */
+ * dropped the getpid()), asyncio is asked each time. The price: the holder
+ * seen last, and the loop it names, stay referenced until a decision sees
+ * another one (a finished loop object outlives asyncio.run() by that much,
+ * closed). */
 static PyObject *s_holder_key;
 static PyObject *c_holder; /* the holder seen last, or NULL */
 static PyObject *c_loop;   /* the running loop it stood for */
