@@ -749,6 +749,7 @@ class _Receiving(_RingEnd):
         if _FAST and not self._spin_ns:
             # the compiled steps of the loop below, without a spin: the
             # generation, the fence and the re-check happen in _cready
+            # (receive() runs the same steps inline: change both)
             state = self._cready()
             if state > 0:
                 if not skip_checkpoint():
@@ -1324,9 +1325,9 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
         self._busy = True
         try:
             if _FAST and not self._spin_ns:
-                # _until_available's compiled steps, inline: a receive that
-                # sleeps is a round trip's critical path, and a coroutine
-                # less there is 3 to 6 % of its instructions
+                # _until_available's compiled steps, inline (change both): a
+                # receive that sleeps is a round trip's critical path, and a
+                # coroutine less there is 3 to 6 % of its instructions
                 state = self._cready()
                 if state > 0:
                     if not skip_checkpoint():
