@@ -749,7 +749,6 @@ class _Receiving(_RingEnd):
         if _FAST and not self._spin_ns:
             # the compiled steps of the loop below, without a spin: the
             # generation, the fence and the re-check happen in _cready
-            # (receive() runs the same steps inline: change both)
             state = self._cready()
             if state > 0:
                 if not skip_checkpoint():
@@ -1324,34 +1323,7 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
             self._check_receive()  # raises
         self._busy = True
         try:
-            if _FAST and not self._spin_ns:
-                # _until_available's compiled steps, inline (change both): a
-                # receive that sleeps is a round trip's critical path, and a
-                # coroutine less there is 3 to 6 % of its instructions
-                state = self._cready()
-                if state > 0:
-                    if not skip_checkpoint():
-                        await checkpoint()
-                elif not state and current_library() == "trio":
-                    if not await self._sleep_trio():
-                        # closed, ended, the sender gone: the Python steps
-                        # raise (after a checkpoint)
-                        await self._until_available()
-                else:
-                    while not state:
-                        self._waits += 1
-                        try:
-                            if not await self._wait(self._attempt_cb):
-                                self._peer_gone = True
-                        finally:
-                            self._cwoke()
-                        state = self._cready()
-                    if state < 0:
-                        # closed, at the end, the sender gone or corrupt:
-                        # the Python steps raise (after a checkpoint)
-                        await self._until_available()
-            else:
-                await self._until_available()
+            await self._until_available()
             if _FAST:
                 # a plain record's compiled copy and _publish_tail; padding,
                 # batch records and corruption are the Python steps'
