@@ -379,7 +379,7 @@ class FdSendStream(_FdEnd, ByteSendStream):
         waits = self._waits
         try:
             handle = self._handle
-            data = item if type(item) is bytes else _byte_view(item)
+            data = _byte_view(item)
             remaining = len(data)
             while True:
                 n = self._write_once(data)
