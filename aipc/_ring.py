@@ -1373,7 +1373,8 @@ class RingReceiver(_Receiving, ObjectReceiveStream[bytes]):
             if not self._closed and (self._head != tail or self._hdr[_W_HEAD] != tail):
                 # something is there: only the checkpoint, without
                 # _until_available's coroutine (_locate checks what is there)
-                await checkpoint()
+                if not skip_checkpoint():
+                    await checkpoint()
             else:
                 await self._until_available()
             # one consumer: what was there still is (avail > 0)
@@ -1503,7 +1504,8 @@ class RingSender(_Sending, ObjectSendStream[bytes]):
             self._check_send()  # raises
         self._busy = True
         try:
-            await checkpoint()
+            if not skip_checkpoint():
+                await checkpoint()
             while _FAST:
                 room = self._cloan(n)
                 if type(room) is tuple:

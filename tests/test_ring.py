@@ -289,6 +289,13 @@ async def test_cancellation_takes_and_sends_nothing() -> None:
         with anyio.CancelScope() as scope:
             scope.cancel()
             await tx.send(b"never")
+        # the zero-copy forms too: nothing lent or taken, neither end busy
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await rx.receive_lease()
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await tx.loan(5)
         # a receive cancelled while it waits took nothing either
         with anyio.fail_after(5):
             assert await rx.receive() == b"first"
