@@ -319,6 +319,21 @@ def _check_ring_rows(
             assert (row["rtt"] is not None) == has_rtt, row
             assert (row["msgs"] is not None) == has_msgs, row
             assert row["throughput"]["1MiB"]["gbps"] > 0, row
+    # a ratio compares equal transfers: the in-place rows move 8 times the
+    # bytes of a copying row per repetition (ZERO_COPY_SCALE), and their
+    # peer row as much
+    per_rep = {
+        (r["label"], r["placement"]): r["throughput"]["1MiB"]["bytes_per_rep"]
+        for r in rows
+        if r["throughput"] and "1MiB" in r["throughput"]
+    }
+    for row in rows:
+        if row["mechanism"] in columns and "1MiB" in (row["throughput"] or {}):
+            mine = per_rep[(row["label"], row["placement"])]
+            assert per_rep[(row["reference"], row["placement"])] == mine, row
+            copying = per_rep[("aipc ring", row["placement"])]
+            scale = 8 if "zero-copy" in row["mechanism"] else 1
+            assert mine == scale * copying, row
 
 
 @pytest.mark.timeout(120)

@@ -792,6 +792,11 @@ _IOX_SMALL_BUFFER = 4096
 #: ... and of the driver→peer service of the 1 MiB messages.
 _IOX_BIG = 1 << 20
 _IOX_BIG_BUFFER = 64
+#: ... and of the in-place row's, which sends ZERO_COPY_SCALE times as many
+#: (384 per repetition by default): its publisher hung within the first
+#: repetition with 64 (RetryUntilDelivered again). Only the 8-byte headers are
+#: written, so the larger segment costs address space, not memory.
+_IOX_IN_PLACE_BUFFER = 512
 #: A polling receiver polls without a pause this long (ns), then sleeps
 #: ``_IOX_IDLE_S`` between polls: an idle peer does not burn a core.
 _IOX_SPIN_NS = 2_000_000
@@ -846,7 +851,10 @@ class _Iceoryx2:
 
     def _service(self, name: str, max_len: int) -> Any:
         iox2 = self.iox2
-        buffer = _IOX_SMALL_BUFFER if max_len == _IOX_SMALL else _IOX_BIG_BUFFER
+        if max_len == _IOX_SMALL:
+            buffer = _IOX_SMALL_BUFFER
+        else:
+            buffer = _IOX_IN_PLACE_BUFFER if self.in_place else _IOX_BIG_BUFFER
         return (
             self.node.service_builder(iox2.ServiceName.new(name))
             .publish_subscribe(iox2.Slice[ctypes.c_uint8])
