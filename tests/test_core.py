@@ -357,6 +357,86 @@ async def test_checkpoint_skips_passes_with_nothing_else_to_run(
     assert scope.cancelled_caught
 
 
+@pytest.fixture(params=["compiled", "python"])
+def watcher_steps(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The watcher's callback and arm: the compiled steps
+    (aipc/_core/_corec.c), or the Python steps on the same fields."""
+    from aipc._core import _fd
+
+    if request.param == "compiled":
+        if _fd._corec is None:
+            pytest.skip("the compiled helper aipc/_core/_corec.c is not built")
+    else:
+        fire, arm = _fd._WATCHER_PYTHON_STEPS
+        monkeypatch.setattr(_fd._Watcher, "_fire", fire)
+        monkeypatch.setattr(_fd._Watcher, "arm", arm)
+    return str(request.param)
+
+
+async def test_watcher_steps(anyio_backend_name: str, watcher_steps: str) -> None:
+    if anyio_backend_name == "trio":
+        pytest.skip("trio has no watcher: its own wait registers each wait")
+    import asyncio
+
+    from aipc._core import _fd
+
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    watcher = _fd._Watcher(asyncio.get_running_loop(), r, True)
+    try:
+        with anyio.fail_after(5):
+            # stale readiness (the attempt finds nothing) keeps the wait
+            # going; the attempt's result completes it
+            calls: list[int] = []
+
+            def attempt() -> bytes:
+                calls.append(1)
+                if len(calls) == 1:
+                    raise BlockingIOError
+                return os.read(r, 10)
+
+            waiter = watcher.arm(attempt)
+            with pytest.raises(anyio.BusyResourceError, match="reading from"):
+                watcher.arm(None)
+            os.write(w, b"abc")
+            assert await waiter == b"abc"
+            assert len(calls) == 2
+
+            # the attempt's error fails the wait with it
+            def failing() -> bytes:
+                raise OSError(errno.EIO, "the attempt failed")
+
+            waiter = watcher.arm(failing)
+            os.write(w, b"x")
+            with pytest.raises(OSError, match="the attempt failed"):
+                await waiter
+            # readiness only (b"x" is still there): True
+            assert await watcher.arm(None) is True
+            os.read(r, 10)
+            # a cancelled waiter's future is done: the next arm takes its place
+            watcher.arm(None).cancel()
+            waiter = watcher.arm(None)
+            # ready with nobody waiting: unregistered at the second report
+            # in a row, so the loop does not call it on every pass
+            waiter.cancel()
+            os.write(w, b"y")
+            while watcher.registered:
+                await anyio.lowlevel.checkpoint()
+            os.read(r, 10)
+            # a close wakes the waiter with ClosedResourceError
+            waiter = watcher.arm(None)
+            assert watcher.registered
+            watcher.close()
+            with pytest.raises(anyio.ClosedResourceError):
+                await waiter
+            assert not watcher.registered
+    finally:
+        watcher.close()
+        os.close(r)
+        os.close(w)
+
+
 def _python_decision() -> Callable[[], bool]:
     from aipc._core import _fd
 

@@ -1,4 +1,5 @@
-/* aipc._core._corec: the checkpoint's decision, compiled.
+/* aipc._core._corec: the checkpoint's decision and the readiness watcher's
+ * hot steps, compiled.
  *
  * Optional, like aipc/_ringc.c: the package build compiles it when a C
  * compiler is there (hatch_build.py), and aipc/_core/_fd.py runs the same
@@ -19,11 +20,19 @@
  * tests read and write it (_skipped, _last_loop): bind() hands this module
  * that dict. A loop or task without asyncio's private state gets False, as
  * in Python; a _last_loop of another shape is left to the Python steps.
+ *
+ * WatcherCore is the base class of _fd.py's _Watcher where this is built:
+ * the registration's fields in C, and _cfire / _carm, which _fd.py installs
+ * as the watcher's loop callback and arm(). Every wait on asyncio and uvloop
+ * goes through both, so they are _fd.py's Python steps made compiled, step
+ * for step; the Python steps stay (_WATCHER_PYTHON_STEPS), and the tests run
+ * both on the same fields.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
-#define VERSION 1
+#define VERSION 2
 
 /* bound by bind(): _fd.py's globals and what the steps read from them once */
 static PyObject *g_globals;        /* _fd's module dict */
@@ -42,7 +51,7 @@ static Py_ssize_t g_uv_max_timers; /* _UV_MAX_TIMERS */
 
 static PyObject *s_skipped, *s_last_loop, *s_name;
 static PyObject *s_asyncio, *s_trio, *s_ready, *s_scheduled, *s_when;
-static PyObject *s_time, *s_clock_resolution, *s_must_cancel;
+static PyObject *s_time, *s_clock_resolution, *s_must_cancel, *s_anyio;
 
 /* the answers of the steps below; ERROR: an exception is set */
 #define NO 0
@@ -432,6 +441,277 @@ fail:
     return NULL;
 }
 
+
+/* WatcherCore: the state of _fd.py's _Watcher (a persistent asyncio/uvloop
+ * registration of one fd) in C fields, and the two steps every wait takes
+ * through it: arm() before the task awaits, _fire() as the loop's callback.
+ * They are _Watcher._fire and _Watcher.arm of the Python steps, step for
+ * step; the rarer methods (unregister, disarm, close, _ready_now) stay in
+ * Python, which reads these fields as ordinary attributes. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *attempt, *fd, *idle, *loop, *readable, *registered;
+    PyObject *reports_twice, *resumes, *stale, *waiter;
+} WatcherCore;
+
+static PyObject *s_waiter_class, *s_busy, *s_resume, *s_set_result;
+static PyObject *s_set_exception, *s_done, *s_create_future, *s_add_reader;
+static PyObject *s_add_writer, *s_fire, *s_ready_now, *s_unregister;
+static PyObject *g_zero;
+
+#define W_FIELDS(X) X(attempt) X(fd) X(idle) X(loop) X(readable) X(registered) \
+    X(reports_twice) X(resumes) X(stale) X(waiter)
+
+static int
+watcher_traverse(WatcherCore *self, visitproc visit, void *arg)
+{
+#define VISIT(f) Py_VISIT(self->f);
+    W_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+watcher_clear(WatcherCore *self)
+{
+#define CLEAR(f) Py_CLEAR(self->f);
+    W_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+watcher_dealloc(WatcherCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    watcher_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* a field read by the steps: AttributeError if __init__ did not set it */
+static PyObject *
+field(PyObject *value, const char *name)
+{
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError, "_Watcher has no %s yet", name);
+    }
+    return value;
+}
+#define FIELD(self, f) field((self)->f, #f)
+
+/* waiter.done(), for any future */
+static int
+future_done(PyObject *waiter)
+{
+    return truth_of(PyObject_CallMethodNoArgs(waiter, s_done));
+}
+
+static PyObject *
+waiter_class(void)
+{
+    PyObject *cls = PyDict_GetItemWithError(g_globals, s_waiter_class);
+    if (cls == NULL && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_RuntimeError, "aipc._core._corec: _fd has no _Waiter");
+    }
+    return cls;
+}
+
+static PyObject *
+watcher_fire(WatcherCore *self, PyObject *unused)
+{
+    if (FIELD(self, waiter) == NULL || FIELD(self, stale) == NULL || FIELD(self, idle) == NULL
+        || FIELD(self, attempt) == NULL || FIELD(self, reports_twice) == NULL) {
+        return NULL;
+    }
+    /* the waiter of now, held: the steps below run Python code */
+    PyObject *waiter = Py_NewRef(self->waiter);
+    PyObject *attempt = NULL, *result = NULL, *error = NULL, *answer = NULL;
+    int r;
+    if (self->stale == Py_True) {
+        /* the report after a readiness-only fire (see _Watcher.__init__) */
+        Py_SETREF(self->stale, Py_NewRef(Py_False));
+        r = waiter == Py_None ? 1 : future_done(waiter);
+        if (r == 0) {
+            r = truth_of(PyObject_CallMethodNoArgs((PyObject *)self, s_ready_now));
+            r = r < 0 ? r : !r;
+        }
+        if (r != 0) {
+            answer = r < 0 ? NULL : Py_NewRef(Py_None);
+            goto out;
+        }
+    }
+    r = waiter == Py_None ? 1 : future_done(waiter);
+    if (r != 0) {
+        if (r < 0) {
+            goto out;
+        }
+        /* ready with nobody waiting: unregister at the second in a row */
+        long idle = PyLong_AsLong(self->idle);
+        if (idle == -1 && PyErr_Occurred()) {
+            goto out;
+        }
+        Py_SETREF(self->idle, PyLong_FromLong(idle + 1));
+        if (self->idle == NULL) {
+            goto out;
+        }
+        if (idle + 1 >= 2) {
+            answer = PyObject_CallMethodNoArgs((PyObject *)self, s_unregister);
+        }
+        else {
+            answer = Py_NewRef(Py_None);
+        }
+        goto out;
+    }
+    Py_SETREF(self->idle, Py_NewRef(g_zero));
+    attempt = Py_NewRef(self->attempt);
+    if (attempt != Py_None) {
+        result = PyObject_CallNoArgs(attempt);
+        if (result == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_BlockingIOError)) {
+                PyErr_Clear(); /* stale readiness: keep waiting */
+                answer = Py_NewRef(Py_None);
+                goto out;
+            }
+            /* any other exception goes to the waiter */
+            PyObject *type, *tb;
+            PyErr_Fetch(&type, &error, &tb);
+            PyErr_NormalizeException(&type, &error, &tb);
+            if (tb != NULL) {
+                PyException_SetTraceback(error, tb);
+            }
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+        }
+    }
+    if (result == NULL) {
+        result = Py_NewRef(Py_True); /* readiness only, or beside an error */
+    }
+    Py_SETREF(self->waiter, Py_NewRef(Py_None));
+    Py_SETREF(self->attempt, Py_NewRef(Py_None));
+    PyObject *cls = waiter_class();
+    if (cls == NULL) {
+        goto out;
+    }
+    PyObject *done;
+    if (Py_IS_TYPE(waiter, (PyTypeObject *)cls)) {
+        done = PyObject_CallMethodObjArgs(waiter, s_resume, result,
+                                          error ? error : Py_None, NULL);
+        r = truth_of(done);
+        if (r != 0) { /* the task has run and acted: nothing stale */
+            answer = r < 0 ? NULL : Py_NewRef(Py_None);
+            goto out;
+        }
+    }
+    else {
+        done = error == NULL ? PyObject_CallMethodOneArg(waiter, s_set_result, result)
+                             : PyObject_CallMethodOneArg(waiter, s_set_exception, error);
+        if (done == NULL) {
+            goto out;
+        }
+        Py_DECREF(done);
+    }
+    if (attempt == Py_None) {
+        Py_SETREF(self->stale, Py_NewRef(self->reports_twice));
+    }
+    answer = Py_NewRef(Py_None);
+out:
+    Py_DECREF(waiter);
+    Py_XDECREF(attempt);
+    Py_XDECREF(result);
+    Py_XDECREF(error);
+    return answer;
+}
+
+static PyObject *
+watcher_arm(WatcherCore *self, PyObject *attempt)
+{
+    if (FIELD(self, waiter) == NULL || FIELD(self, resumes) == NULL
+        || FIELD(self, loop) == NULL || FIELD(self, registered) == NULL
+        || FIELD(self, readable) == NULL || FIELD(self, fd) == NULL) {
+        return NULL;
+    }
+    int r;
+    if (self->waiter != Py_None) {
+        /* another task waits (a cancelled waiter's future is done) */
+        if ((r = future_done(self->waiter)) <= 0) {
+            if (r == 0) {
+                PyObject *anyio = PyDict_GetItemWithError(g_globals, s_anyio);
+                PyObject *busy = anyio ? PyObject_GetAttr(anyio, s_busy) : NULL;
+                if (busy != NULL) {
+                    PyErr_SetString(busy, self->readable == Py_True ? "reading from" : "writing to");
+                    Py_DECREF(busy);
+                }
+                else if (!PyErr_Occurred()) {
+                    PyErr_SetString(PyExc_RuntimeError, "aipc._core._corec: _fd has no anyio");
+                }
+            }
+            return NULL;
+        }
+    }
+    PyObject *waiter;
+    if (self->resumes == Py_True) {
+        PyObject *cls = waiter_class();
+        waiter = cls ? PyObject_CallOneArg(cls, self->loop) : NULL;
+    }
+    else {
+        waiter = PyObject_CallMethodNoArgs(self->loop, s_create_future);
+    }
+    if (waiter == NULL) {
+        return NULL;
+    }
+    Py_SETREF(self->waiter, Py_NewRef(waiter));
+    Py_SETREF(self->attempt, Py_NewRef(attempt));
+    if (self->registered != Py_True) {
+        PyObject *fire = PyObject_GetAttr((PyObject *)self, s_fire);
+        PyObject *res = fire ? PyObject_CallMethodObjArgs(
+            self->loop, self->readable == Py_True ? s_add_reader : s_add_writer,
+            self->fd, fire, NULL) : NULL;
+        Py_XDECREF(fire);
+        if (res == NULL) {
+            Py_DECREF(waiter);
+            return NULL;
+        }
+        Py_DECREF(res);
+        Py_SETREF(self->registered, Py_NewRef(Py_True));
+    }
+    /* the task yields to the loop on this pending future: the budget of
+     * skipped checkpoints starts over */
+    if (PyDict_SetItem(g_globals, s_skipped, g_zero) < 0) {
+        Py_DECREF(waiter);
+        return NULL;
+    }
+    return waiter;
+}
+
+static PyMethodDef watcher_methods[] = {
+    {"_cfire", (PyCFunction)watcher_fire, METH_NOARGS,
+     "_Watcher._fire, compiled: the loop's callback"},
+    {"_carm", (PyCFunction)watcher_arm, METH_O,
+     "_Watcher.arm, compiled: the future the task awaits"},
+    {NULL, NULL, 0, NULL},
+};
+
+#define MEMBER(f) {#f, T_OBJECT_EX, offsetof(WatcherCore, f), 0, NULL},
+static PyMemberDef watcher_members[] = {
+    W_FIELDS(MEMBER)
+    {NULL, 0, 0, 0, NULL},
+};
+#undef MEMBER
+
+static PyTypeObject WatcherCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aipc._core._corec.WatcherCore",
+    .tp_basicsize = sizeof(WatcherCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The fields and hot steps of _fd._Watcher (see aipc/_core/_corec.c).",
+    .tp_traverse = (traverseproc)watcher_traverse,
+    .tp_clear = (inquiry)watcher_clear,
+    .tp_dealloc = (destructor)watcher_dealloc,
+    .tp_methods = watcher_methods,
+    .tp_members = watcher_members,
+    .tp_new = PyType_GenericNew,
+};
+
 static PyMethodDef corec_methods[] = {
     {"bind", bind, METH_O,
      "bind(globals): use _fd's module dict for the state and the Python steps"},
@@ -447,7 +727,7 @@ static PyMethodDef corec_methods[] = {
 static struct PyModuleDef corec_module = {
     PyModuleDef_HEAD_INIT,
     "aipc._core._corec",
-    "The checkpoint's decision, compiled (see aipc/_core/_corec.c).",
+    "The checkpoint's decision and the watcher's steps, compiled (see aipc/_core/_corec.c).",
     -1,
     corec_methods,
 };
@@ -474,8 +754,31 @@ PyInit__corec(void)
     INTERN(s_time, "time");
     INTERN(s_clock_resolution, "_clock_resolution");
     INTERN(s_must_cancel, "_must_cancel");
+    INTERN(s_anyio, "anyio");
+    INTERN(s_waiter_class, "_Waiter");
+    INTERN(s_busy, "BusyResourceError");
+    INTERN(s_resume, "resume");
+    INTERN(s_set_result, "set_result");
+    INTERN(s_set_exception, "set_exception");
+    INTERN(s_done, "done");
+    INTERN(s_create_future, "create_future");
+    INTERN(s_add_reader, "add_reader");
+    INTERN(s_add_writer, "add_writer");
+    INTERN(s_fire, "_fire");
+    INTERN(s_ready_now, "_ready_now");
+    INTERN(s_unregister, "unregister");
+    if ((g_zero = PyLong_FromLong(0)) == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&WatcherCoreType) < 0) {
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&corec_module);
     if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "WatcherCore", (PyObject *)&WatcherCoreType) < 0) {
+        Py_DECREF(m);
         return NULL;
     }
     if (PyModule_AddIntConstant(m, "VERSION", VERSION) < 0) {
