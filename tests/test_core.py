@@ -437,6 +437,78 @@ async def test_watcher_steps(anyio_backend_name: str, watcher_steps: str) -> Non
         os.close(w)
 
 
+async def test_wait_set_wakes_on_either_member(
+    anyio_backend_name: str, watcher_steps: str
+) -> None:
+    import socket
+
+    from aipc._core._waitset import WaitSet
+
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    mine, peer = socket.socketpair()
+    mine.setblocking(False)
+    wait_set = WaitSet("test wait set")
+    try:
+        wait_set.add(efd)
+        wait_set.add(mine.fileno())
+
+        def attempt() -> int:
+            # a ring's: the doorbell's count, or 0 once the peer hung up
+            try:
+                return os.eventfd_read(efd)
+            except BlockingIOError:
+                if mine.recv(1, socket.MSG_PEEK) == b"":
+                    return 0
+                raise
+
+        results: list[int] = []
+
+        async def wait() -> None:
+            try:
+                results.append(await wait_set.wait(attempt))
+            except anyio.ClosedResourceError:
+                results.append(-1)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                os.eventfd_write(efd, 3)
+            # asyncio and uvloop wait on the members themselves, not on the
+            # epoll descriptor (no nested wake-up); trio on the set
+            direct = anyio_backend_name != "trio"
+            assert (wait_set._direct is not None) == direct
+            assert wait_set._handle._rwatch is None or not direct
+            # a close wakes the waiter (the peer still lives: nothing else
+            # could end this wait)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                wait_set.close()
+            # a new set: the peer's death, end of file on its socket
+            wait_set = WaitSet("test wait set")
+            wait_set.add(efd)
+            wait_set.add(mine.fileno())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                peer.close()
+            wait_set.close()
+        assert results == [3, -1, 0]
+        if direct:
+            import asyncio
+
+            # closing dropped the members' registrations with the loop
+            loop = asyncio.get_running_loop()
+            assert not loop.remove_reader(efd)
+            assert not loop.remove_reader(mine.fileno())
+    finally:
+        wait_set.close()
+        os.close(efd)
+        mine.close()
+        peer.close()
+
+
 def _python_decision() -> Callable[[], bool]:
     from aipc._core import _fd
 

@@ -32,7 +32,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define VERSION 2
+#define VERSION 3
 
 /* bound by bind(): _fd.py's globals and what the steps read from them once */
 static PyObject *g_globals;        /* _fd's module dict */
@@ -450,7 +450,7 @@ fail:
  * Python, which reads these fields as ordinary attributes. */
 typedef struct {
     PyObject_HEAD
-    PyObject *attempt, *fd, *idle, *loop, *readable, *registered;
+    PyObject *also, *attempt, *fd, *idle, *loop, *readable, *registered;
     PyObject *reports_twice, *resumes, *stale, *waiter;
 } WatcherCore;
 
@@ -459,7 +459,7 @@ static PyObject *s_set_exception, *s_done, *s_create_future, *s_add_reader;
 static PyObject *s_add_writer, *s_fire, *s_ready_now, *s_unregister;
 static PyObject *g_zero;
 
-#define W_FIELDS(X) X(attempt) X(fd) X(idle) X(loop) X(readable) X(registered) \
+#define W_FIELDS(X) X(also) X(attempt) X(fd) X(idle) X(loop) X(readable) X(registered) \
     X(reports_twice) X(resumes) X(stale) X(waiter)
 
 static int
@@ -627,7 +627,8 @@ watcher_arm(WatcherCore *self, PyObject *attempt)
 {
     if (FIELD(self, waiter) == NULL || FIELD(self, resumes) == NULL
         || FIELD(self, loop) == NULL || FIELD(self, registered) == NULL
-        || FIELD(self, readable) == NULL || FIELD(self, fd) == NULL) {
+        || FIELD(self, readable) == NULL || FIELD(self, fd) == NULL
+        || FIELD(self, also) == NULL) {
         return NULL;
     }
     int r;
@@ -666,6 +667,21 @@ watcher_arm(WatcherCore *self, PyObject *attempt)
         PyObject *res = fire ? PyObject_CallMethodObjArgs(
             self->loop, self->readable == Py_True ? s_add_reader : s_add_writer,
             self->fd, fire, NULL) : NULL;
+        if (res != NULL && self->readable == Py_True) {
+            /* the other descriptors of a wait set (see _Watcher.__init__) */
+            PyObject *also = PySequence_Fast(self->also, "_Watcher.also must be a tuple");
+            for (Py_ssize_t i = 0; also != NULL && i < PySequence_Fast_GET_SIZE(also); i++) {
+                Py_SETREF(res, PyObject_CallMethodObjArgs(
+                    self->loop, s_add_reader, PySequence_Fast_GET_ITEM(also, i), fire, NULL));
+                if (res == NULL) {
+                    break;
+                }
+            }
+            if (also == NULL) {
+                Py_CLEAR(res);
+            }
+            Py_XDECREF(also);
+        }
         Py_XDECREF(fire);
         if (res == NULL) {
             Py_DECREF(waiter);

@@ -349,7 +349,7 @@ def _load_compiled() -> Any:
         from . import _corec  # type: ignore[attr-defined]
     except ImportError:
         return None
-    if getattr(_corec, "VERSION", None) != 2:
+    if getattr(_corec, "VERSION", None) != 3:
         return None
     try:
         _corec.bind(globals())
@@ -542,6 +542,7 @@ class _WatcherFields:
     helper is compiled, ``_corec.WatcherCore`` holds them in C instead."""
 
     __slots__ = (
+        "also",
         "attempt",
         "fd",
         "idle",
@@ -579,10 +580,20 @@ class _Watcher(_WatcherBase):
 
     __slots__ = ()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, readable: bool):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        readable: bool,
+        also: tuple[int, ...] = (),
+    ) -> None:
         self.loop = loop
         self.fd = fd
         self.readable = readable
+        # more descriptors whose readability fires the same callback (a
+        # WaitSet's members on asyncio and uvloop): registered and dropped
+        # with fd; readable watchers only
+        self.also = also
         self.registered = False
         self.idle = 0
         self.waiter: asyncio.Future[Any] | None = None
@@ -646,6 +657,8 @@ class _Watcher(_WatcherBase):
     def _ready_now(self) -> bool:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN if self.readable else select.POLLOUT)
+        for fd in self.also:
+            poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
 
     def unregister(self) -> None:
@@ -655,6 +668,8 @@ class _Watcher(_WatcherBase):
             self.registered = False
             if self.readable:
                 self.loop.remove_reader(self.fd)
+                for fd in self.also:
+                    self.loop.remove_reader(fd)
             else:
                 self.loop.remove_writer(self.fd)
 
@@ -679,6 +694,8 @@ class _Watcher(_WatcherBase):
         if not self.registered:
             if self.readable:
                 self.loop.add_reader(self.fd, self._fire)
+                for fd in self.also:
+                    self.loop.add_reader(fd, self._fire)
             else:
                 self.loop.add_writer(self.fd, self._fire)
             self.registered = True
