@@ -4,8 +4,10 @@ A ring is a sealed memfd (:mod:`aipc._shm`) holding a fixed header and a data
 area, plus two eventfds (the *doorbells*: the receiver's rings when data
 arrives, the sender's when room frees up) and a UNIX socket pair whose ends
 the two sides hold, so that each side learns of the other's death by end of
-file. Each end waits on a private epoll set of its doorbell and its socket
-(:class:`aipc._core._waitset.WaitSet`), through ``_core``'s readiness.
+file. Each end waits on its doorbell and its socket together
+(:class:`aipc._core._waitset.WaitSet`), through ``_core``'s readiness: on
+asyncio and uvloop both are registered with the loop, on trio a private epoll
+set of the two is.
 
 Layout (64-bit words, native byte order; each hot word on its own cache line)::
 
