@@ -41,7 +41,9 @@ T = TypeVar("T")
 
 
 class WaitSet:
-    """A private epoll descriptor that polls readable when a member is."""
+    """Waits until any of several descriptors is readable or hung up: their
+    own registrations with the loop on asyncio and uvloop, a private epoll
+    descriptor of them on trio (and for :meth:`fileno`)."""
 
     __slots__ = ("_direct", "_epoll", "_handle", "_members", "_nested")
 
@@ -69,7 +71,20 @@ class WaitSet:
         return self._handle.closed
 
     def fileno(self) -> int:
-        return self._handle.fileno()
+        """The epoll descriptor, readable while a member is."""
+        fd = self._handle.fileno()  # raises first if the set is closed
+        self._nest()
+        return fd
+
+    def _nest(self) -> None:
+        # the members enter the epoll set when a wait or a caller needs it
+        if not self._nested:
+            for fd in self._members:
+                try:
+                    self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+                except FileExistsError:
+                    pass  # registered by a call that failed on the next
+            self._nested = True
 
     def wait(self, attempt: Callable[[], T]) -> Awaitable[T]:
         """Wait until ``attempt()`` succeeds, trying it each time the set is
@@ -104,13 +119,7 @@ class WaitSet:
                 also=self._members[1:],
             )
             return direct.arm(attempt)
-        if not self._nested:
-            for fd in self._members:
-                try:
-                    self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
-                except FileExistsError:
-                    pass  # registered by an attempt that failed on the next
-            self._nested = True
+        self._nest()
         if attempt is None:
             return self._handle.wait_readable()
         return self._handle.read_when_ready(attempt)
