@@ -446,8 +446,9 @@ fail:
  * registration of one fd) in C fields, and the two steps every wait takes
  * through it: arm() before the task awaits, _fire() as the loop's callback.
  * They are _Watcher._fire and _Watcher.arm of the Python steps, step for
- * step; the rarer methods (unregister, disarm, close, _ready_now) stay in
- * Python, which reads these fields as ordinary attributes. */
+ * step; the rarer methods (_register, unregister, disarm, close,
+ * _ready_now) stay in Python, which reads these fields as ordinary
+ * attributes. */
 typedef struct {
     PyObject_HEAD
     PyObject *also, *attempt, *fd, *idle, *loop, *readable, *registered;
@@ -455,8 +456,8 @@ typedef struct {
 } WatcherCore;
 
 static PyObject *s_waiter_class, *s_busy, *s_resume, *s_set_result;
-static PyObject *s_set_exception, *s_done, *s_create_future, *s_add_reader;
-static PyObject *s_add_writer, *s_fire, *s_ready_now, *s_unregister;
+static PyObject *s_set_exception, *s_done, *s_create_future;
+static PyObject *s_register, *s_ready_now, *s_unregister;
 static PyObject *g_zero;
 
 #define W_FIELDS(X) X(also) X(attempt) X(fd) X(idle) X(loop) X(readable) X(registered) \
@@ -627,8 +628,7 @@ watcher_arm(WatcherCore *self, PyObject *attempt)
 {
     if (FIELD(self, waiter) == NULL || FIELD(self, resumes) == NULL
         || FIELD(self, loop) == NULL || FIELD(self, registered) == NULL
-        || FIELD(self, readable) == NULL || FIELD(self, fd) == NULL
-        || FIELD(self, also) == NULL) {
+        || FIELD(self, readable) == NULL) {
         return NULL;
     }
     int r;
@@ -663,32 +663,14 @@ watcher_arm(WatcherCore *self, PyObject *attempt)
     Py_SETREF(self->waiter, Py_NewRef(waiter));
     Py_SETREF(self->attempt, Py_NewRef(attempt));
     if (self->registered != Py_True) {
-        PyObject *fire = PyObject_GetAttr((PyObject *)self, s_fire);
-        PyObject *res = fire ? PyObject_CallMethodObjArgs(
-            self->loop, self->readable == Py_True ? s_add_reader : s_add_writer,
-            self->fd, fire, NULL) : NULL;
-        if (res != NULL && self->readable == Py_True) {
-            /* the other descriptors of a wait set (see _Watcher.__init__) */
-            PyObject *also = PySequence_Fast(self->also, "_Watcher.also must be a tuple");
-            for (Py_ssize_t i = 0; also != NULL && i < PySequence_Fast_GET_SIZE(also); i++) {
-                Py_SETREF(res, PyObject_CallMethodObjArgs(
-                    self->loop, s_add_reader, PySequence_Fast_GET_ITEM(also, i), fire, NULL));
-                if (res == NULL) {
-                    break;
-                }
-            }
-            if (also == NULL) {
-                Py_CLEAR(res);
-            }
-            Py_XDECREF(also);
-        }
-        Py_XDECREF(fire);
+        /* the first wait, or the first since an idle unregister: the
+         * Python steps' _register() (not a hot path) */
+        PyObject *res = PyObject_CallMethodNoArgs((PyObject *)self, s_register);
         if (res == NULL) {
             Py_DECREF(waiter);
             return NULL;
         }
         Py_DECREF(res);
-        Py_SETREF(self->registered, Py_NewRef(Py_True));
     }
     /* the task yields to the loop on this pending future: the budget of
      * skipped checkpoints starts over */
@@ -778,9 +760,7 @@ PyInit__corec(void)
     INTERN(s_set_exception, "set_exception");
     INTERN(s_done, "done");
     INTERN(s_create_future, "create_future");
-    INTERN(s_add_reader, "add_reader");
-    INTERN(s_add_writer, "add_writer");
-    INTERN(s_fire, "_fire");
+    INTERN(s_register, "_register");
     INTERN(s_ready_now, "_ready_now");
     INTERN(s_unregister, "unregister");
     if ((g_zero = PyLong_FromLong(0)) == NULL) {

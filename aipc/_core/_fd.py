@@ -661,6 +661,17 @@ class _Watcher(_WatcherBase):
             poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
 
+    def _register(self) -> None:
+        # at the first wait and the first after an idle unregister; the
+        # compiled arm() calls this too
+        if self.readable:
+            self.loop.add_reader(self.fd, self._fire)
+            for fd in self.also:
+                self.loop.add_reader(fd, self._fire)
+        else:
+            self.loop.add_writer(self.fd, self._fire)
+        self.registered = True
+
     def unregister(self) -> None:
         self.idle = 0
         self.stale = False
@@ -692,13 +703,7 @@ class _Watcher(_WatcherBase):
         self.waiter = waiter
         self.attempt = attempt
         if not self.registered:
-            if self.readable:
-                self.loop.add_reader(self.fd, self._fire)
-                for fd in self.also:
-                    self.loop.add_reader(fd, self._fire)
-            else:
-                self.loop.add_writer(self.fd, self._fire)
-            self.registered = True
+            self._register()
         # the task yields to the loop on this pending future: the budget of
         # skipped checkpoints starts over
         _skipped = 0
