@@ -1603,20 +1603,12 @@ async def test_cancelled_receive_loses_nothing() -> None:
 @pytest.mark.parametrize(
     "kinds", [["stream"], ALL_KINDS[1:]], ids=["stream", "messages"]
 )
-async def test_receive_in_a_cancelled_scope_raises(
-    kinds: list[str], backend_id: str, request: pytest.FixtureRequest
-) -> None:
+async def test_receive_in_a_cancelled_scope_raises(kinds: list[str]) -> None:
     """A receive is a cancel point also when data is there, right after a
-    receive that emptied the socket."""
-    if backend_id == "uvloop" and kinds == ["stream"]:
-        # After a short read, FdReceiveStream.receive goes straight to the
-        # readiness wait; on uvloop the reader callback can complete it in the
-        # loop iteration before anyio delivers the cancellation, which anyio
-        # then skips (the task's waiter is done). Nothing is lost; pipes too.
-        # (Not strict: it depends on the order of one loop iteration.)
-        request.applymarker(
-            pytest.mark.xfail(strict=False, reason="aipc/_core: uvloop, short read")
-        )
+    receive that emptied the socket. (Until a receive after a short read
+    asked FIONREAD first, it went straight to the readiness wait, and on
+    uvloop the reader callback could complete it before anyio delivered the
+    cancellation: the data came back in a cancelled scope.)"""
     for kind in kinds:
         async with _endpoints(kind) as (send, receive):
             await send(b"short")
