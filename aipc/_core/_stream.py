@@ -276,7 +276,9 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
                     break
                 # not the end yet (a FIFO that has not had a writer): wait
                 wait = True
-            if not yielded:
+            if not yielded and not skip_checkpoint():
+                # (the checkpoint's decision first, as send takes it: no
+                # coroutine when the pass is skipped)
                 try:
                     await checkpoint()
                 except BaseException:
