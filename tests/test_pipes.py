@@ -40,7 +40,18 @@ async def test_receive_respects_max_bytes() -> None:
         assert await r.receive(4) == b"ef"
 
 
-async def test_receive_asks_before_reading_an_emptied_pipe() -> None:
+@pytest.fixture(params=["compiled", "python"])
+def receive_steps(request: pytest.FixtureRequest) -> str:
+    """A receive's common case: compiled (``_corec.ReceiveCore._creceive``),
+    or the Python steps alone (``_cfast`` off on the same stream)."""
+    from aipc._core import _fd
+
+    if request.param == "compiled" and _fd._corec is None:
+        pytest.skip("the compiled helper aipc/_core/_corec.c is not built")
+    return str(request.param)
+
+
+async def test_receive_asks_before_reading_an_emptied_pipe(receive_steps: str) -> None:
     """After a receive that emptied the pipe, even one that read exactly
     ``max_bytes`` after a wait (request/response traffic), the next one asks
     the kernel what is queued instead of making a read that fails; a read
@@ -48,17 +59,19 @@ async def test_receive_asks_before_reading_an_emptied_pipe() -> None:
     r, w = aipc.create_pipe()
     async with r, w:
         failed = 0
-        os_read = r._read
+        if receive_steps == "python":
+            r._cfast = False  # every read is then the wrapper's below
+            os_read = r._read
 
-        def read(fd: int, size: int) -> bytes:
-            nonlocal failed
-            try:
-                return os_read(fd, size)
-            except BlockingIOError:
-                failed += 1
-                raise
+            def read(fd: int, size: int) -> bytes:
+                nonlocal failed
+                try:
+                    return os_read(fd, size)
+                except BlockingIOError:
+                    failed += 1
+                    raise
 
-        r._read = read
+            r._read = read
         got: list[bytes] = []
 
         async def receive_one() -> None:
@@ -70,18 +83,68 @@ async def test_receive_asks_before_reading_an_emptied_pipe() -> None:
                     tg.start_soon(receive_one)
                     await anyio.wait_all_tasks_blocked()
                     await w.send(b"request%d" % i)
+            assert r._expect_empty  # it had to wait: the next one asks
         assert got == [b"request%d" % i for i in range(4)]
         assert r.statistics().waits == 4
-        assert failed == 1  # the first receive's only: it knew nothing yet
+        if receive_steps == "python":
+            assert failed == 1  # the first receive's only: it knew nothing yet
         # bytes already there: the question finds them and the read is made
         # at once, without a wait
         await w.send(b"request4")
         assert await r.receive(8) == b"request4"
+        assert r._expect_empty  # it saw no more than it took
         await w.send(b"chunk-1.chunk-2.")
         assert await r.receive(8) == b"chunk-1."
+        assert not r._expect_empty  # it saw 16 bytes: the next one just reads
         assert await r.receive(8) == b"chunk-2."
         assert r.statistics().waits == 4
-        assert failed == 1
+        assert r.statistics().syscalls == 7
+        if receive_steps == "python":
+            assert failed == 1
+
+
+async def test_compiled_receive_common_case() -> None:
+    """``_creceive``'s contract with the Python steps: the bytes, returned and
+    counted or kept in ``_pending`` for the checkpoint; False to wait; None
+    with nothing consumed for anything else."""
+    from aipc._core import _fd
+
+    if _fd._corec is None:
+        pytest.skip("the compiled helper aipc/_core/_corec.c is not built")
+    r, w = aipc.create_pipe()
+    async with r, w:
+        assert r._creceive(8) is False  # empty: the read failed, nothing counted
+        r._expect_empty = True
+        assert r._creceive(8) is False  # FIONREAD saw nothing: no read at all
+        assert r.statistics() == aipc.StreamStatistics(0, 0, 0, 0)
+        await w.send(b"12345678abc")
+        for bad in (0, -1, 8.0, True):
+            assert r._creceive(bad) is None  # the Python steps raise for it
+        got = r._creceive(8)
+        if got is None:  # the checkpoint does not skip: it is the receive's
+            assert r._pending == b"12345678"
+            assert await r.receive(100) == b"12345678"
+        else:
+            assert got == b"12345678"
+        assert r.statistics().bytes == 8
+        assert r.statistics().syscalls == 1
+        assert not r._expect_empty  # FIONREAD saw 11 bytes
+        r._pending = b"kept"
+        assert r._creceive(8) is None  # kept bytes come first, in Python
+        assert await r.receive(8) == b"kept"
+        assert await r.receive(8) == b"abc"
+        await w.aclose()
+        # after a short read FIONREAD answers: nothing queued, so wait (and
+        # the wait sees the end); a read made at once sees it itself
+        assert r._creceive(8) is False
+        r._expect_empty = False
+        assert r._creceive(8) is None  # the end of the stream: Python says it
+        with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
+            await r.receive(8)
+        r.close()
+        assert r._creceive(8) is None  # closed: Python raises
+        with pytest.raises(anyio.ClosedResourceError):
+            await r.receive(8)
 
 
 def test_fds_are_cloexec_and_nonblocking() -> None:

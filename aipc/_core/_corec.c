@@ -32,7 +32,11 @@
 #include <Python.h>
 #include <structmember.h>
 
-#define VERSION 3
+#include <errno.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define VERSION 4
 
 /* bound by bind(): _fd.py's globals and what the steps read from them once */
 static PyObject *g_globals;        /* _fd's module dict */
@@ -710,6 +714,160 @@ static PyTypeObject WatcherCoreType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* ReceiveCore: the counters and state of _stream.py's FdReceiveStream in C
+ * fields, and _creceive, a receive's common case made compiled: the bytes
+ * are there (or FIONREAD says none are), and the checkpoint skips its pass.
+ * Every receive of a pipe or a FIFO asks it first; None sends the receive
+ * down its Python steps, which take over exactly where this left off:
+ * nothing is ever consumed unless it is returned or kept in _pending. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *handle;   /* _handle: the FdHandle (its _fd is read per call) */
+    PyObject *pending;  /* _pending: bytes read, not yet returned */
+    char receiving;     /* _receiving */
+    char expect_empty;  /* _expect_empty: the last receive emptied the pipe */
+    char fast;          /* _cfast: the stream reads with os.read */
+    long long nbytes, ops, syscalls, waits;
+} ReceiveCore;
+
+static PyObject *s_fd_attr;
+
+static int
+receive_traverse(ReceiveCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->handle);
+    Py_VISIT(self->pending);
+    return 0;
+}
+
+static int
+receive_clear(ReceiveCore *self)
+{
+    Py_CLEAR(self->handle);
+    Py_CLEAR(self->pending);
+    return 0;
+}
+
+static void
+receive_dealloc(ReceiveCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    receive_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* FdReceiveStream.receive's common case. Returns the bytes (counted, the
+ * checkpoint's pass skipped), False when the receive must wait for readiness
+ * (FIONREAD saw nothing queued, or the read failed with EAGAIN), or None
+ * for the Python steps (a read's bytes that still need their checkpoint are
+ * then in _pending, which those steps return first). */
+static PyObject *
+receive_fast(ReceiveCore *self, PyObject *arg)
+{
+    if (!self->fast || self->receiving || !PyLong_CheckExact(arg)
+        || self->pending == NULL || self->handle == NULL
+        || !PyBytes_CheckExact(self->pending) || PyBytes_GET_SIZE(self->pending)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t max = PyLong_AsSsize_t(arg);
+    if (max < 1) {
+        PyErr_Clear(); /* the Python steps raise the argument's error */
+        Py_RETURN_NONE;
+    }
+    PyObject *fd_obj = PyObject_GetAttr(self->handle, s_fd_attr);
+    if (fd_obj == NULL) {
+        return NULL;
+    }
+    long fd = PyLong_AsLong(fd_obj);
+    Py_DECREF(fd_obj);
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_Clear(); /* closed: the Python steps raise ClosedResourceError */
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t queued = -1;
+    if (self->expect_empty) {
+        int count;
+        if (ioctl((int)fd, FIONREAD, &count) == 0) {
+            if (count == 0) {
+                Py_RETURN_FALSE;
+            }
+            queued = count;
+        }
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, max);
+    if (data == NULL) {
+        return NULL;
+    }
+    ssize_t n;
+    int error;
+    Py_BEGIN_ALLOW_THREADS /* as os.read: a large read copies for a while */
+    n = read((int)fd, PyBytes_AS_STRING(data), (size_t)max);
+    error = errno;
+    Py_END_ALLOW_THREADS
+    if (n <= 0) {
+        Py_DECREF(data);
+        if (n < 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
+            Py_RETURN_FALSE;
+        }
+        /* the end of the stream (or a FIFO without a writer yet), or an
+         * error: the Python steps read again and say which */
+        Py_RETURN_NONE;
+    }
+    if (n < max && _PyBytes_Resize(&data, n) < 0) {
+        return NULL;
+    }
+    self->syscalls++;
+    self->expect_empty = n < max || (queued >= 0 && queued <= max);
+    PyObject *skip = skip_checkpoint(NULL, NULL);
+    if (skip == Py_True) {
+        Py_DECREF(skip);
+        self->nbytes += n;
+        self->ops++;
+        return data;
+    }
+    if (skip == NULL) {
+        /* the decision failed: the Python checkpoint will raise it again,
+         * with the bytes kept */
+        PyErr_Clear();
+    }
+    Py_XDECREF(skip);
+    Py_SETREF(self->pending, data);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef receive_methods[] = {
+    {"_creceive", (PyCFunction)receive_fast, METH_O,
+     "FdReceiveStream.receive's common case, compiled (see aipc/_core/_corec.c)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef receive_members[] = {
+    {"_handle", T_OBJECT_EX, offsetof(ReceiveCore, handle), 0, NULL},
+    {"_pending", T_OBJECT_EX, offsetof(ReceiveCore, pending), 0, NULL},
+    {"_receiving", T_BOOL, offsetof(ReceiveCore, receiving), 0, NULL},
+    {"_expect_empty", T_BOOL, offsetof(ReceiveCore, expect_empty), 0, NULL},
+    {"_cfast", T_BOOL, offsetof(ReceiveCore, fast), 0, NULL},
+    {"_bytes", T_LONGLONG, offsetof(ReceiveCore, nbytes), 0, NULL},
+    {"_ops", T_LONGLONG, offsetof(ReceiveCore, ops), 0, NULL},
+    {"_syscalls", T_LONGLONG, offsetof(ReceiveCore, syscalls), 0, NULL},
+    {"_waits", T_LONGLONG, offsetof(ReceiveCore, waits), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ReceiveCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aipc._core._corec.ReceiveCore",
+    .tp_basicsize = sizeof(ReceiveCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The fields and common case of _stream.FdReceiveStream (see aipc/_core/_corec.c).",
+    .tp_traverse = (traverseproc)receive_traverse,
+    .tp_clear = (inquiry)receive_clear,
+    .tp_dealloc = (destructor)receive_dealloc,
+    .tp_methods = receive_methods,
+    .tp_members = receive_members,
+    .tp_new = PyType_GenericNew,
+};
+
 static PyMethodDef corec_methods[] = {
     {"bind", bind, METH_O,
      "bind(globals): use _fd's module dict for the state and the Python steps"},
@@ -763,10 +921,11 @@ PyInit__corec(void)
     INTERN(s_register, "_register");
     INTERN(s_ready_now, "_ready_now");
     INTERN(s_unregister, "unregister");
+    INTERN(s_fd_attr, "_fd");
     if ((g_zero = PyLong_FromLong(0)) == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&WatcherCoreType) < 0) {
+    if (PyType_Ready(&WatcherCoreType) < 0 || PyType_Ready(&ReceiveCoreType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&corec_module);
@@ -774,6 +933,10 @@ PyInit__corec(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(m, "WatcherCore", (PyObject *)&WatcherCoreType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "ReceiveCore", (PyObject *)&ReceiveCoreType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -349,7 +349,7 @@ def _load_compiled() -> Any:
         from . import _corec  # type: ignore[attr-defined]
     except ImportError:
         return None
-    if getattr(_corec, "VERSION", None) != 3:
+    if getattr(_corec, "VERSION", None) != 4:
         return None
     try:
         _corec.bind(globals())

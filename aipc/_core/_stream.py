@@ -19,6 +19,7 @@ import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
@@ -27,6 +28,7 @@ from ._errors import translate_os_error
 from ._fd import (
     LARGE_OPERATION,
     FdHandle,
+    _corec,
     _running_loop,
     _trio,
     checkpoint,
@@ -139,7 +141,28 @@ class _FdEnd:
         return f"<{type(self).__name__}{where} {state} {self._counted}={self._bytes}B>"
 
 
-class FdReceiveStream(_FdEnd, ByteReceiveStream):
+class _ReceiveSteps:
+    """What a receive's Python steps take from the compiled helper where it
+    is not built: no common case (``_creceive`` sends every receive down the
+    Python steps). Where it is, ``_corec.ReceiveCore`` holds the stream's
+    counters and state in C fields, and its ``_creceive`` makes the common
+    case: the bytes are there, or FIONREAD says none are."""
+
+    _cfast = False
+
+    def _creceive(self, max_bytes: int) -> bytes | bool | None:
+        return None
+
+
+# a statement, not a conditional expression: mypy takes a base class only
+# from a name bound this way
+if TYPE_CHECKING or _corec is None:  # noqa: SIM108
+    _ReceiveBase = _ReceiveSteps
+else:
+    _ReceiveBase = _corec.ReceiveCore
+
+
+class FdReceiveStream(_ReceiveBase, _FdEnd, ByteReceiveStream):
     """Receiving end over a non-blocking fd; subclasses add the public surface."""
 
     _counted = "received"
@@ -171,6 +194,8 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
         self._attempt_size = 0
         # FIONREAD's answer, written in place (see _queued)
         self._count = array.array("i", [0])
+        # the compiled common case reads with read(2) itself: os.read only
+        self._cfast = read is os.read
 
     def _keep(self, data: bytes) -> None:
         # a read completed for a receive that was cancelled before it returned
@@ -201,6 +226,9 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
         **Cancellation:** nothing is lost. Bytes read from the kernel in the same
         call are kept and returned by the next ``receive``.
         """
+        found = self._creceive(max_bytes)
+        if found.__class__ is bytes:
+            return found
         if type(max_bytes) is not int or max_bytes < 1:
             _check_max_bytes(max_bytes)
         if self._receiving:
@@ -227,9 +255,13 @@ class FdReceiveStream(_FdEnd, ByteReceiveStream):
             # With bytes there it reads at once, as it does when the last
             # receive left bytes behind (a bulk stream whose writer is ahead:
             # no question at all).
-            probe = self._expect_empty
+            # (found is False: the compiled common case saw the pipe empty
+            # and asked already; None: it did nothing, or left its bytes in
+            # _pending above)
+            probe = self._expect_empty and found is None
             queued = -1  # what the probe found, -1: no probe or no answer
-            wait = yielded = False
+            wait = found is False
+            yielded = False
             read = self._read
             while True:
                 fd = handle._fd
