@@ -141,6 +141,8 @@ class _PipeEnd:
         """
         _check_capacity(capacity)
         self._capacity = granted = _apply_capacity(self._handle.fileno(), capacity)
+        if not self._readable:
+            self._ckbuf = granted  # see PipeSendStream._kernel_buffer
         return granted
 
 
@@ -181,7 +183,7 @@ class PipeSendStream(_PipeEnd, FdSendStream):
                 capacity = fcntl.fcntl(self._handle._fd, fcntl.F_GETPIPE_SZ)
             except OSError:  # closed: the send raises ClosedResourceError
                 return 0
-            self._capacity = capacity
+            self._capacity = self._ckbuf = capacity  # _ckbuf: the compiled send's
         return capacity
 
 

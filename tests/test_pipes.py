@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import os
+import random
 import signal
 import warnings
 
@@ -12,6 +14,7 @@ import anyio
 import pytest
 
 import aipc
+from aipc._core._fd import LARGE_OPERATION as LARGE
 from aipc._core._fd import FdHandle
 
 from ._helpers import child_process, read_line
@@ -145,6 +148,82 @@ async def test_compiled_receive_common_case() -> None:
         assert r._creceive(8) is None  # closed: Python raises
         with pytest.raises(anyio.ClosedResourceError):
             await r.receive(8)
+
+
+async def test_compiled_send_common_case() -> None:
+    """``_csend``'s contract with the Python steps: True when all was
+    written, the count written when the Python steps go on (0: the pipe is
+    full), None with nothing written for anything else."""
+    from aipc._core import _fd
+
+    if _fd._corec is None:
+        pytest.skip("the compiled helper aipc/_core/_corec.c is not built")
+    r, w = aipc.create_pipe()
+    async with r, w:
+        for other in (bytearray(b"x"), memoryview(b"x"), b""):
+            assert w._csend(other) is None  # only bytes, and never empty
+        assert w._ckbuf == 0  # the pipe's size is not known yet: large
+        assert w._csend(bytes(LARGE + 1)) is None  # sends go through Python
+        assert w.statistics() == aipc.StreamStatistics(0, 0, 0, 0)
+        done = w._csend(b"abc")
+        if done is None:  # the checkpoint makes its pass: the send's
+            assert w.statistics().bytes == 0
+            await w.send(b"abc")
+        else:
+            assert done is True
+        assert w.statistics() == aipc.StreamStatistics(3, 1, 1, 0)
+        with anyio.fail_after(5):
+            assert await r.receive() == b"abc"
+        filled = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                filled += os.write(w.fileno(), bytes(4096))
+        got = w._csend(b"x")
+        assert got == 0 or got is None  # full: the Python steps wait
+        assert w.statistics().bytes == 3
+        while filled:
+            filled -= len(os.read(r.fileno(), filled))
+        await r.aclose()
+        assert w._csend(b"x") is None  # EPIPE: the Python steps raise it
+        with pytest.raises(anyio.BrokenResourceError):
+            await w.send(b"x")
+        w.close()
+        assert w._csend(b"x") is None  # closed: the Python steps raise it
+        with pytest.raises(anyio.ClosedResourceError):
+            await w.send(b"x")
+
+
+@pytest.mark.parametrize("steps", ["compiled", "python"])
+async def test_bulk_transfer_is_exact_on_both_steps(steps: str) -> None:
+    """Sends of random sizes (partial writes, full pipes, large sends paced
+    by the pipe's size) against receives of random sizes: every byte
+    arrives once and in order, with the compiled common cases or without."""
+    from aipc._core import _fd
+
+    if steps == "compiled" and _fd._corec is None:
+        pytest.skip("the compiled helper aipc/_core/_corec.c is not built")
+    rng = random.Random(5)
+    payload = rng.randbytes(3 << 20)
+    r, w = aipc.create_pipe(capacity=256 * 1024)
+    async with r, w:
+        if steps == "python":
+            r._cfast = w._cfast = False
+        got = bytearray()
+
+        async def drain() -> None:
+            while len(got) < len(payload):
+                got.extend(await r.receive(rng.randint(1, 200_000)))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain)
+                view, sent = memoryview(payload), 0
+                while sent < len(payload):
+                    size = rng.choice((1, 100, 4096, 5000, 65536, 300_000))
+                    await w.send(bytes(view[sent : sent + size]))
+                    sent += size
+        assert got == payload
+        assert w.statistics().bytes == r.statistics().bytes == len(payload)
 
 
 def test_fds_are_cloexec_and_nonblocking() -> None:

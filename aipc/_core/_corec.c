@@ -52,6 +52,7 @@ static PyObject *g_asyncio_kind;   /* _ASYNCIO */
 static PyObject *g_uvloop_kind;    /* _UVLOOP */
 static long g_budget;              /* SKIP_BUDGET */
 static Py_ssize_t g_uv_max_timers; /* _UV_MAX_TIMERS */
+static Py_ssize_t g_large;         /* LARGE_OPERATION */
 
 static PyObject *s_skipped, *s_last_loop, *s_name;
 static PyObject *s_asyncio, *s_trio, *s_ready, *s_scheduled, *s_when;
@@ -401,7 +402,7 @@ bind(PyObject *module, PyObject *globals)
         return NULL;
     }
     Py_XSETREF(g_globals, Py_NewRef(globals));
-    PyObject *budget = NULL, *max_timers = NULL;
+    PyObject *budget = NULL, *max_timers = NULL, *large = NULL;
     Py_CLEAR(g_python);
     Py_CLEAR(g_trio_steps);
     Py_CLEAR(g_learn_loop);
@@ -423,6 +424,7 @@ bind(PyObject *module, PyObject *globals)
         || !(g_asyncio_kind = get_global("_ASYNCIO"))
         || !(g_uvloop_kind = get_global("_UVLOOP"))
         || !(budget = get_global("SKIP_BUDGET"))
+        || !(large = get_global("LARGE_OPERATION"))
         || !(max_timers = get_global("_UV_MAX_TIMERS"))) {
         goto fail;
     }
@@ -431,16 +433,19 @@ bind(PyObject *module, PyObject *globals)
         goto fail;
     }
     g_budget = PyLong_AsLong(budget);
+    g_large = PyLong_AsSsize_t(large);
     g_uv_max_timers = PyLong_AsSsize_t(max_timers);
     if (PyErr_Occurred()) {
         goto fail;
     }
     Py_DECREF(budget);
     Py_DECREF(max_timers);
+    Py_DECREF(large);
     Py_RETURN_NONE;
 fail:
     Py_XDECREF(budget);
     Py_XDECREF(max_timers);
+    Py_XDECREF(large);
     Py_CLEAR(g_globals);
     return NULL;
 }
@@ -724,27 +729,61 @@ typedef struct {
     PyObject_HEAD
     PyObject *handle;   /* _handle: the FdHandle (its _fd is read per call) */
     PyObject *pending;  /* _pending: bytes read, not yet returned */
-    char receiving;     /* _receiving */
-    char expect_empty;  /* _expect_empty: the last receive emptied the pipe */
-    char fast;          /* _cfast: the stream reads with os.read */
-    long long nbytes, ops, syscalls, waits;
+    /* Python objects, not C numbers, although C reads them: the Python
+     * steps read and write them too, and the interpreter specialises its
+     * reads and writes of object fields only (a bool or long long field
+     * made the Python steps' round trip 2 % slower) */
+    PyObject *receiving;    /* _receiving: True or False */
+    PyObject *expect_empty; /* _expect_empty: the last receive emptied the pipe */
+    PyObject *fast;         /* _cfast: the stream reads with os.read */
+    PyObject *nbytes, *ops, *syscalls, *waits; /* _bytes ... : ints */
 } ReceiveCore;
+
+#define R_FIELDS(X) X(handle) X(pending) X(receiving) X(expect_empty) X(fast) \
+    X(nbytes) X(ops) X(syscalls) X(waits)
+
+/* add n to an int field */
+static int
+add_count(PyObject **field, Py_ssize_t n)
+{
+    long long value = 0;
+    if (*field != NULL) {
+        value = PyLong_AsLongLong(*field);
+        if (value == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    PyObject *more = PyLong_FromLongLong(value + n);
+    if (more == NULL) {
+        return -1;
+    }
+    Py_XSETREF(*field, more);
+    return 0;
+}
+
+static void
+set_bool(PyObject **field, int value)
+{
+    Py_XSETREF(*field, Py_NewRef(value ? Py_True : Py_False));
+}
 
 static PyObject *s_fd_attr;
 
 static int
 receive_traverse(ReceiveCore *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->handle);
-    Py_VISIT(self->pending);
+#define VISIT(f) Py_VISIT(self->f);
+    R_FIELDS(VISIT)
+#undef VISIT
     return 0;
 }
 
 static int
 receive_clear(ReceiveCore *self)
 {
-    Py_CLEAR(self->handle);
-    Py_CLEAR(self->pending);
+#define CLEAR(f) Py_CLEAR(self->f);
+    R_FIELDS(CLEAR)
+#undef CLEAR
     return 0;
 }
 
@@ -764,7 +803,7 @@ receive_dealloc(ReceiveCore *self)
 static PyObject *
 receive_fast(ReceiveCore *self, PyObject *arg)
 {
-    if (!self->fast || self->receiving || !PyLong_CheckExact(arg)
+    if (self->fast != Py_True || self->receiving != Py_False || !PyLong_CheckExact(arg)
         || self->pending == NULL || self->handle == NULL
         || !PyBytes_CheckExact(self->pending) || PyBytes_GET_SIZE(self->pending)) {
         Py_RETURN_NONE;
@@ -785,7 +824,7 @@ receive_fast(ReceiveCore *self, PyObject *arg)
         Py_RETURN_NONE;
     }
     Py_ssize_t queued = -1;
-    if (self->expect_empty) {
+    if (self->expect_empty == Py_True) {
         int count;
         if (ioctl((int)fd, FIONREAD, &count) == 0) {
             if (count == 0) {
@@ -816,17 +855,20 @@ receive_fast(ReceiveCore *self, PyObject *arg)
     if (n < max && _PyBytes_Resize(&data, n) < 0) {
         return NULL;
     }
-    self->syscalls++;
-    self->expect_empty = n < max || (queued >= 0 && queued <= max);
-    PyObject *skip = skip_checkpoint(NULL, NULL);
+    set_bool(&self->expect_empty, n < max || (queued >= 0 && queued <= max));
+    PyObject *skip = NULL;
+    if (add_count(&self->syscalls, 1) == 0) {
+        skip = skip_checkpoint(NULL, NULL);
+    }
     if (skip == Py_True) {
         Py_DECREF(skip);
-        self->nbytes += n;
-        self->ops++;
-        return data;
+        if (add_count(&self->nbytes, n) == 0 && add_count(&self->ops, 1) == 0) {
+            return data;
+        }
+        skip = NULL; /* a counter failed: the bytes go to _pending below */
     }
     if (skip == NULL) {
-        /* the decision failed: the Python checkpoint will raise it again,
+        /* a counter or the decision failed: the Python steps meet it again,
          * with the bytes kept */
         PyErr_Clear();
     }
@@ -844,13 +886,13 @@ static PyMethodDef receive_methods[] = {
 static PyMemberDef receive_members[] = {
     {"_handle", T_OBJECT_EX, offsetof(ReceiveCore, handle), 0, NULL},
     {"_pending", T_OBJECT_EX, offsetof(ReceiveCore, pending), 0, NULL},
-    {"_receiving", T_BOOL, offsetof(ReceiveCore, receiving), 0, NULL},
-    {"_expect_empty", T_BOOL, offsetof(ReceiveCore, expect_empty), 0, NULL},
-    {"_cfast", T_BOOL, offsetof(ReceiveCore, fast), 0, NULL},
-    {"_bytes", T_LONGLONG, offsetof(ReceiveCore, nbytes), 0, NULL},
-    {"_ops", T_LONGLONG, offsetof(ReceiveCore, ops), 0, NULL},
-    {"_syscalls", T_LONGLONG, offsetof(ReceiveCore, syscalls), 0, NULL},
-    {"_waits", T_LONGLONG, offsetof(ReceiveCore, waits), 0, NULL},
+    {"_receiving", T_OBJECT_EX, offsetof(ReceiveCore, receiving), 0, NULL},
+    {"_expect_empty", T_OBJECT_EX, offsetof(ReceiveCore, expect_empty), 0, NULL},
+    {"_cfast", T_OBJECT_EX, offsetof(ReceiveCore, fast), 0, NULL},
+    {"_bytes", T_OBJECT_EX, offsetof(ReceiveCore, nbytes), 0, NULL},
+    {"_ops", T_OBJECT_EX, offsetof(ReceiveCore, ops), 0, NULL},
+    {"_syscalls", T_OBJECT_EX, offsetof(ReceiveCore, syscalls), 0, NULL},
+    {"_waits", T_OBJECT_EX, offsetof(ReceiveCore, waits), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -865,6 +907,195 @@ static PyTypeObject ReceiveCoreType = {
     .tp_dealloc = (destructor)receive_dealloc,
     .tp_methods = receive_methods,
     .tp_members = receive_members,
+    .tp_new = PyType_GenericNew,
+};
+
+/* SendCore: the same for _stream.py's FdSendStream. _csend(item) is the
+ * first step of every send: for bytes that may go out at once (not over
+ * LARGE_OPERATION, or not over a quarter of the kernel buffer the Python
+ * steps measured, _ckbuf), with SIGPIPE ignored, it takes the checkpoint's
+ * decision *before* writing, as send does, and on a skip writes with
+ * write(2). It returns True when all was written, the count written
+ * (possibly 0: the buffer is full) when the Python steps must go on from
+ * there without another checkpoint, and None, having written nothing, for
+ * everything else (the checkpoint makes its pass, an error, a closed or
+ * broken stream, another kind of buffer), which the Python steps then do
+ * from the start. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *handle;   /* _handle */
+    /* Python objects, as ReceiveCore's */
+    PyObject *sending;  /* _sending: True or False */
+    PyObject *broken;   /* _broken */
+    PyObject *fast;     /* _cfast: the stream writes with os.write */
+    PyObject *kbuf;     /* _ckbuf: the kernel buffer large sends are paced by */
+    PyObject *nbytes, *ops, *syscalls, *waits;
+} SendCore;
+
+#define S_FIELDS(X) X(handle) X(sending) X(broken) X(fast) X(kbuf) X(nbytes) X(ops) \
+    X(syscalls) X(waits)
+
+static PyObject *g_getsignal, *g_sigpipe, *g_sig_ign;
+
+static int
+send_traverse(SendCore *self, visitproc visit, void *arg)
+{
+#define VISIT(f) Py_VISIT(self->f);
+    S_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+send_clear(SendCore *self)
+{
+#define CLEAR(f) Py_CLEAR(self->f);
+    S_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+send_dealloc(SendCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    send_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* _signal.getsignal(SIGPIPE) == SIG_IGN, as _stream.py asks it: Python's
+ * own record of the disposition, which is what it set at start-up (the raw
+ * _signal module: signal.getsignal's enum conversion costs about 1 µs) */
+static int
+sigpipe_ignored(void)
+{
+    if (g_getsignal == NULL) {
+        PyObject *mod = PyImport_ImportModule("_signal");
+        if (mod == NULL) {
+            return ERROR;
+        }
+        g_getsignal = PyObject_GetAttrString(mod, "getsignal");
+        g_sigpipe = PyObject_GetAttrString(mod, "SIGPIPE");
+        g_sig_ign = PyObject_GetAttrString(mod, "SIG_IGN");
+        Py_DECREF(mod);
+        if (g_getsignal == NULL || g_sigpipe == NULL || g_sig_ign == NULL) {
+            Py_CLEAR(g_getsignal);
+            Py_CLEAR(g_sigpipe);
+            Py_CLEAR(g_sig_ign);
+            return ERROR;
+        }
+    }
+    PyObject *now = PyObject_CallOneArg(g_getsignal, g_sigpipe);
+    if (now == NULL) {
+        return ERROR;
+    }
+    int same = PyObject_RichCompareBool(now, g_sig_ign, Py_EQ);
+    Py_DECREF(now);
+    return same;
+}
+
+static PyObject *
+send_fast(SendCore *self, PyObject *item)
+{
+    if (self->fast != Py_True || self->sending != Py_False || self->broken != Py_False
+        || self->handle == NULL || !PyBytes_CheckExact(item)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(item);
+    if (len == 0) {
+        Py_RETURN_NONE;
+    }
+    if (len > g_large) {
+        long long kbuf = self->kbuf == NULL ? 0 : PyLong_AsLongLong(self->kbuf);
+        if (kbuf == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (kbuf <= 0 || 4 * (long long)len > kbuf) {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *fd_obj = PyObject_GetAttr(self->handle, s_fd_attr);
+    if (fd_obj == NULL) {
+        return NULL;
+    }
+    long fd = PyLong_AsLong(fd_obj);
+    Py_DECREF(fd_obj);
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    int ignored = sigpipe_ignored();
+    if (ignored != 1) {
+        PyErr_Clear(); /* the Python steps guard the write themselves */
+        Py_RETURN_NONE;
+    }
+    PyObject *skip = skip_checkpoint(NULL, NULL);
+    if (skip != Py_True) {
+        if (skip == NULL) {
+            PyErr_Clear(); /* the Python checkpoint raises it again */
+        }
+        Py_XDECREF(skip);
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(skip);
+    ssize_t n;
+    int error;
+    Py_BEGIN_ALLOW_THREADS /* as os.write: a large write copies for a while */
+    n = write((int)fd, PyBytes_AS_STRING(item), (size_t)len);
+    error = errno;
+    Py_END_ALLOW_THREADS
+    if (n < 0) {
+        if (error == EAGAIN || error == EWOULDBLOCK) {
+            return PyLong_FromLong(0);
+        }
+        /* EPIPE and the rest: nothing was written, and the Python steps'
+         * own write raises what it means */
+        Py_RETURN_NONE;
+    }
+    /* written: a counter that cannot be counted (no memory) raises, and
+     * the send is then cancelled-like: a prefix may be out */
+    if (add_count(&self->nbytes, n) < 0 || add_count(&self->syscalls, 1) < 0) {
+        return NULL;
+    }
+    if (n == len) {
+        if (add_count(&self->ops, 1) < 0) {
+            return NULL;
+        }
+        Py_RETURN_TRUE;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+static PyMethodDef send_methods[] = {
+    {"_csend", (PyCFunction)send_fast, METH_O,
+     "FdSendStream.send's common case, compiled (see aipc/_core/_corec.c)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef send_members[] = {
+    {"_handle", T_OBJECT_EX, offsetof(SendCore, handle), 0, NULL},
+    {"_sending", T_OBJECT_EX, offsetof(SendCore, sending), 0, NULL},
+    {"_broken", T_OBJECT_EX, offsetof(SendCore, broken), 0, NULL},
+    {"_cfast", T_OBJECT_EX, offsetof(SendCore, fast), 0, NULL},
+    {"_ckbuf", T_OBJECT_EX, offsetof(SendCore, kbuf), 0, NULL},
+    {"_bytes", T_OBJECT_EX, offsetof(SendCore, nbytes), 0, NULL},
+    {"_ops", T_OBJECT_EX, offsetof(SendCore, ops), 0, NULL},
+    {"_syscalls", T_OBJECT_EX, offsetof(SendCore, syscalls), 0, NULL},
+    {"_waits", T_OBJECT_EX, offsetof(SendCore, waits), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SendCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aipc._core._corec.SendCore",
+    .tp_basicsize = sizeof(SendCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The fields and common case of _stream.FdSendStream (see aipc/_core/_corec.c).",
+    .tp_traverse = (traverseproc)send_traverse,
+    .tp_clear = (inquiry)send_clear,
+    .tp_dealloc = (destructor)send_dealloc,
+    .tp_methods = send_methods,
+    .tp_members = send_members,
     .tp_new = PyType_GenericNew,
 };
 
@@ -925,7 +1156,8 @@ PyInit__corec(void)
     if ((g_zero = PyLong_FromLong(0)) == NULL) {
         return NULL;
     }
-    if (PyType_Ready(&WatcherCoreType) < 0 || PyType_Ready(&ReceiveCoreType) < 0) {
+    if (PyType_Ready(&WatcherCoreType) < 0 || PyType_Ready(&ReceiveCoreType) < 0
+        || PyType_Ready(&SendCoreType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&corec_module);
@@ -936,7 +1168,8 @@ PyInit__corec(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (PyModule_AddObjectRef(m, "ReceiveCore", (PyObject *)&ReceiveCoreType) < 0) {
+    if (PyModule_AddObjectRef(m, "ReceiveCore", (PyObject *)&ReceiveCoreType) < 0
+        || PyModule_AddObjectRef(m, "SendCore", (PyObject *)&SendCoreType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -98,6 +98,9 @@ def current_library() -> str:
 #: A checkpoint with nothing else to run may skip its pass of the event loop
 #: this many times in a row (see _nothing_to_run).
 SKIP_BUDGET = 16
+#: Operations moving more than this many bytes use checkpoint_large (the
+#: compiled helper reads it at bind(), so it is defined before that).
+LARGE_OPERATION = 16384
 _skipped = 0
 _get_running_loop = asyncio.events._get_running_loop
 # asyncio's private state that the skip reads (CPython 3.11 to 3.13); should a
@@ -430,10 +433,6 @@ async def checkpoint_large() -> None:
         await _yield()
     else:  # pragma: no cover - another anyio backend
         await _anyio_checkpoint()
-
-
-#: Operations moving more than this many bytes use checkpoint_large.
-LARGE_OPERATION = 16384
 
 
 T = TypeVar("T")

@@ -333,7 +333,25 @@ class FdReceiveStream(_ReceiveBase, _FdEnd, ByteReceiveStream):
             self._receiving = False
 
 
-class FdSendStream(_FdEnd, ByteSendStream):
+class _SendSteps:
+    """The send's counterpart of :class:`_ReceiveSteps`: without the compiled
+    helper, ``_csend`` sends every send down the Python steps; with it,
+    ``_corec.SendCore`` holds the state and makes the common case."""
+
+    _cfast = False
+    _ckbuf = 0
+
+    def _csend(self, item: bytes | bytearray | memoryview) -> bool | int | None:
+        return None
+
+
+if TYPE_CHECKING or _corec is None:  # noqa: SIM108
+    _SendBase = _SendSteps
+else:
+    _SendBase = _corec.SendCore
+
+
+class FdSendStream(_SendBase, _FdEnd, ByteSendStream):
     """Sending end over a non-blocking fd; subclasses add the public surface."""
 
     _counted = "sent"
@@ -353,6 +371,11 @@ class FdSendStream(_FdEnd, ByteSendStream):
         self._trio_order = trio_order
         self._sending = False
         self._broken = False
+        # the compiled common case writes with write(2) itself: os.write
+        # only, and not in trio's order; it paces large sends by _ckbuf,
+        # which _kernel_buffer() sets once it knows the buffer's size
+        self._cfast = write is None and not trio_order
+        self._ckbuf = 0
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
         """Send all of ``item``, waiting while the kernel buffer is full.
@@ -368,6 +391,9 @@ class FdSendStream(_FdEnd, ByteSendStream):
         waiting for the reader may have written a prefix of ``item``;
         ``statistics().bytes`` counts exactly what was written.
         """
+        sent = self._csend(item)
+        if sent is True:
+            return
         if self._sending:
             raise anyio.BusyResourceError("sending to")
         if self._trio_order and item and current_library() == "trio":
@@ -375,13 +401,23 @@ class FdSendStream(_FdEnd, ByteSendStream):
             return
         self._sending = True
         try:
-            if len(item) > LARGE_OPERATION and 4 * len(item) > self._kernel_buffer():
-                await checkpoint_large()
-            elif not skip_checkpoint():
-                await checkpoint()
+            if sent is None:  # the compiled common case did nothing
+                if (
+                    len(item) > LARGE_OPERATION
+                    and 4 * len(item) > self._kernel_buffer()
+                ):
+                    await checkpoint_large()
+                elif not skip_checkpoint():
+                    await checkpoint()
             handle = self._handle
             data = item if type(item) is bytes else _byte_view(item)
             remaining = len(data)
+            if sent:  # it skipped the checkpoint and wrote a prefix
+                remaining -= sent
+                data = memoryview(data)[sent:]
+            elif sent is not None:  # it skipped the checkpoint; the buffer is full
+                self._waits += 1
+                await handle.wait_writable()
             if not remaining:
                 # nothing to write: still the errors a write would raise
                 if handle._fd < 0:
@@ -461,8 +497,9 @@ class FdSendStream(_FdEnd, ByteSendStream):
 
     def _kernel_buffer(self) -> int:
         """The size of the kernel buffer the sends fill (see send's use of
-        checkpoint_large); subclasses that can ask the kernel do. Here: the
-        default pipe capacity, so every send over LARGE_OPERATION yields."""
+        checkpoint_large); subclasses that can ask the kernel do, and keep
+        it in ``_ckbuf`` for the compiled common case. Here: the default
+        pipe capacity, so every send over LARGE_OPERATION yields."""
         return 4 * LARGE_OPERATION
 
     def _try_send(self, data: bytes | bytearray | memoryview) -> int:
