@@ -2,7 +2,8 @@
 
 ``aipc/_ringc.c`` runs the per-message steps of the shared-memory rings in C
 (see docs/rings.md); ``aipc/_core/_corec.c`` the checkpoint's decision that
-every send and receive asks (see docs/core.md). They are optional: without a
+every send and receive asks, the readiness watcher's steps and the common
+case of a pipe's send and receive (see docs/core.md). They are optional: without a
 C compiler, or with ``AIPC_NO_COMPILE=1`` in the environment, the build warns
 and makes a pure Python wheel, and aipc runs the same steps in Python. An
 editable install (``pip install -e .``) compiles them next to the source,

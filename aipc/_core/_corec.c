@@ -1,5 +1,5 @@
-/* aipc._core._corec: the checkpoint's decision and the readiness watcher's
- * hot steps, compiled.
+/* aipc._core._corec: the checkpoint's decision, the readiness watcher's hot
+ * steps and the common case of a pipe's send and receive, compiled.
  *
  * Optional, like aipc/_ringc.c: the package build compiles it when a C
  * compiler is there (hatch_build.py), and aipc/_core/_fd.py runs the same
@@ -27,6 +27,13 @@
  * goes through both, so they are _fd.py's Python steps made compiled, step
  * for step; the Python steps stay (_WATCHER_PYTHON_STEPS), and the tests run
  * both on the same fields.
+ *
+ * ReceiveCore and SendCore are the base classes of _stream.py's
+ * FdReceiveStream and FdSendStream where this is built: their state in C
+ * fields (Python objects, which the Python steps read and write too), and
+ * _creceive / _csend, the first step of every receive and send of a pipe or
+ * a FIFO, which hand everything but the common case back to the Python steps
+ * without having consumed or written anything.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
