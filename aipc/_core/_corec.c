@@ -726,6 +726,25 @@ static PyTypeObject WatcherCoreType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyObject *s_fd_attr;
+
+/* the descriptor an FdHandle holds now: its _fd, or -2 once closed (-1
+ * there), ERROR with an exception set if it cannot be read */
+static int
+handle_fd(PyObject *handle)
+{
+    PyObject *fd_obj = PyObject_GetAttr(handle, s_fd_attr);
+    if (fd_obj == NULL) {
+        return ERROR;
+    }
+    long fd = PyLong_AsLong(fd_obj);
+    Py_DECREF(fd_obj);
+    if (fd == -1 && PyErr_Occurred()) {
+        return ERROR;
+    }
+    return fd < 0 || fd > INT_MAX ? -2 : (int)fd;
+}
+
 /* ReceiveCore: the counters and state of _stream.py's FdReceiveStream in C
  * fields, and _creceive, a receive's common case made compiled: the bytes
  * are there (or FIONREAD says none are), and the checkpoint skips its pass.
@@ -774,8 +793,6 @@ set_bool(PyObject **field, int value)
     Py_XSETREF(*field, Py_NewRef(value ? Py_True : Py_False));
 }
 
-static PyObject *s_fd_attr;
-
 static int
 receive_traverse(ReceiveCore *self, visitproc visit, void *arg)
 {
@@ -820,20 +837,15 @@ receive_fast(ReceiveCore *self, PyObject *arg)
         PyErr_Clear(); /* the Python steps raise the argument's error */
         Py_RETURN_NONE;
     }
-    PyObject *fd_obj = PyObject_GetAttr(self->handle, s_fd_attr);
-    if (fd_obj == NULL) {
-        return NULL;
-    }
-    long fd = PyLong_AsLong(fd_obj);
-    Py_DECREF(fd_obj);
-    if (fd < 0 || fd > INT_MAX) {
-        PyErr_Clear(); /* closed: the Python steps raise ClosedResourceError */
-        Py_RETURN_NONE;
+    int fd = handle_fd(self->handle);
+    if (fd < 0) {
+        /* closed: the Python steps raise ClosedResourceError */
+        return fd == ERROR ? NULL : Py_NewRef(Py_None);
     }
     Py_ssize_t queued = -1;
     if (self->expect_empty == Py_True) {
         int count;
-        if (ioctl((int)fd, FIONREAD, &count) == 0) {
+        if (ioctl(fd, FIONREAD, &count) == 0) {
             if (count == 0) {
                 Py_RETURN_FALSE;
             }
@@ -847,7 +859,7 @@ receive_fast(ReceiveCore *self, PyObject *arg)
     ssize_t n;
     int error;
     Py_BEGIN_ALLOW_THREADS /* as os.read: a large read copies for a while */
-    n = read((int)fd, PyBytes_AS_STRING(data), (size_t)max);
+    n = read(fd, PyBytes_AS_STRING(data), (size_t)max);
     error = errno;
     Py_END_ALLOW_THREADS
     if (n <= 0) {
@@ -1021,15 +1033,9 @@ send_fast(SendCore *self, PyObject *item)
             Py_RETURN_NONE;
         }
     }
-    PyObject *fd_obj = PyObject_GetAttr(self->handle, s_fd_attr);
-    if (fd_obj == NULL) {
-        return NULL;
-    }
-    long fd = PyLong_AsLong(fd_obj);
-    Py_DECREF(fd_obj);
-    if (fd < 0 || fd > INT_MAX) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
+    int fd = handle_fd(self->handle);
+    if (fd < 0) {
+        return fd == ERROR ? NULL : Py_NewRef(Py_None);
     }
     int ignored = sigpipe_ignored();
     if (ignored != 1) {
@@ -1048,7 +1054,7 @@ send_fast(SendCore *self, PyObject *item)
     ssize_t n;
     int error;
     Py_BEGIN_ALLOW_THREADS /* as os.write: a large write copies for a while */
-    n = write((int)fd, PyBytes_AS_STRING(item), (size_t)len);
+    n = write(fd, PyBytes_AS_STRING(item), (size_t)len);
     error = errno;
     Py_END_ALLOW_THREADS
     if (n < 0) {
