@@ -107,9 +107,6 @@ class _PipeEnd:
     _what = "pipe"
     _readable: bool
     _handle: FdHandle
-    # the pipe's size as this end last set or asked it (0: not yet); the send
-    # end paces its large sends by it (PipeSendStream._kernel_buffer)
-    _capacity = 0
 
     @classmethod
     def from_fd(cls, fd: int) -> Self:
@@ -140,9 +137,10 @@ class _PipeEnd:
         pipe budget, ``ValueError`` for sizes below 1 or below the queued data.
         """
         _check_capacity(capacity)
-        self._capacity = granted = _apply_capacity(self._handle.fileno(), capacity)
+        granted = _apply_capacity(self._handle.fileno(), capacity)
         if not self._readable:
-            self._ckbuf = granted  # see PipeSendStream._kernel_buffer
+            # the size the send end paces its large sends by (FdSendStream)
+            self._buffer_size = granted
         return granted
 
 
@@ -177,13 +175,13 @@ class PipeSendStream(_PipeEnd, FdSendStream):
         # so asking on every send made the sender sleep on it (64 KiB sends
         # across cores: 2.3 -> 1.55 GB/s). A resize through the other end is
         # not seen; it only changes when large sends yield
-        capacity = self._capacity
+        capacity = self._buffer_size
         if not capacity:
             try:
                 capacity = fcntl.fcntl(self._handle._fd, fcntl.F_GETPIPE_SZ)
             except OSError:  # closed: the send raises ClosedResourceError
                 return 0
-            self._capacity = self._ckbuf = capacity  # _ckbuf: the compiled send's
+            self._buffer_size = capacity
         return capacity
 
 

@@ -162,7 +162,7 @@ async def test_compiled_send_common_case() -> None:
     async with r, w:
         for other in (bytearray(b"x"), memoryview(b"x"), b""):
             assert w._csend(other) is None  # only bytes, and never empty
-        assert w._ckbuf == 0  # the pipe's size is not known yet: large
+        assert w._buffer_size == 0  # the pipe's size is not known yet: large
         assert w._csend(bytes(LARGE + 1)) is None  # sends go through Python
         assert w.statistics() == aipc.StreamStatistics(0, 0, 0, 0)
         done = w._csend(b"abc")

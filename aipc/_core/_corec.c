@@ -932,7 +932,7 @@ static PyTypeObject ReceiveCoreType = {
 /* SendCore: the same for _stream.py's FdSendStream. _csend(item) is the
  * first step of every send: for bytes that may go out at once (not over
  * LARGE_OPERATION, or not over a quarter of the kernel buffer the Python
- * steps measured, _ckbuf), with SIGPIPE ignored, it takes the checkpoint's
+ * steps measured, _buffer_size), with SIGPIPE ignored, it takes the checkpoint's
  * decision *before* writing, as send does, and on a skip writes with
  * write(2). It returns True when all was written, the count written
  * (possibly 0: the buffer is full) when the Python steps must go on from
@@ -947,7 +947,7 @@ typedef struct {
     PyObject *sending;  /* _sending: True or False */
     PyObject *broken;   /* _broken */
     PyObject *fast;     /* _cfast: the stream writes with os.write */
-    PyObject *kbuf;     /* _ckbuf: the kernel buffer large sends are paced by */
+    PyObject *kbuf;     /* _buffer_size: the kernel buffer large sends are paced by */
     PyObject *nbytes, *ops, *syscalls, *waits;
 } SendCore;
 
@@ -1090,7 +1090,7 @@ static PyMemberDef send_members[] = {
     {"_sending", T_OBJECT_EX, offsetof(SendCore, sending), 0, NULL},
     {"_broken", T_OBJECT_EX, offsetof(SendCore, broken), 0, NULL},
     {"_cfast", T_OBJECT_EX, offsetof(SendCore, fast), 0, NULL},
-    {"_ckbuf", T_OBJECT_EX, offsetof(SendCore, kbuf), 0, NULL},
+    {"_buffer_size", T_OBJECT_EX, offsetof(SendCore, kbuf), 0, NULL},
     {"_bytes", T_OBJECT_EX, offsetof(SendCore, nbytes), 0, NULL},
     {"_ops", T_OBJECT_EX, offsetof(SendCore, ops), 0, NULL},
     {"_syscalls", T_OBJECT_EX, offsetof(SendCore, syscalls), 0, NULL},

@@ -148,8 +148,6 @@ class _ReceiveSteps:
     counters and state in C fields, and its ``_creceive`` makes the common
     case: the bytes are there, or FIONREAD says none are."""
 
-    _cfast = False
-
     def _creceive(self, max_bytes: int) -> bytes | bool | None:
         return None
 
@@ -338,9 +336,6 @@ class _SendSteps:
     helper, ``_csend`` sends every send down the Python steps; with it,
     ``_corec.SendCore`` holds the state and makes the common case."""
 
-    _cfast = False
-    _ckbuf = 0
-
     def _csend(self, item: bytes | bytearray | memoryview) -> bool | int | None:
         return None
 
@@ -372,10 +367,12 @@ class FdSendStream(_SendBase, _FdEnd, ByteSendStream):
         self._sending = False
         self._broken = False
         # the compiled common case writes with write(2) itself: os.write
-        # only, and not in trio's order; it paces large sends by _ckbuf,
-        # which _kernel_buffer() sets once it knows the buffer's size
+        # only, and not in trio's order
         self._cfast = write is None and not trio_order
-        self._ckbuf = 0
+        # the kernel buffer's size as this end knows it (0: not yet), which
+        # large sends are paced by: kept by _kernel_buffer() where it can ask
+        # the kernel, read by the compiled common case
+        self._buffer_size = 0
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
         """Send all of ``item``, waiting while the kernel buffer is full.
@@ -498,7 +495,7 @@ class FdSendStream(_SendBase, _FdEnd, ByteSendStream):
     def _kernel_buffer(self) -> int:
         """The size of the kernel buffer the sends fill (see send's use of
         checkpoint_large); subclasses that can ask the kernel do, and keep
-        it in ``_ckbuf`` for the compiled common case. Here: the default
+        it in ``_buffer_size`` for the compiled common case. Here: the default
         pipe capacity, so every send over LARGE_OPERATION yields."""
         return 4 * LARGE_OPERATION
 
